@@ -1,0 +1,1 @@
+"""Networks, checkpoints, export and inference backends. Never imports ``stream``."""

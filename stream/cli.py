@@ -1,0 +1,63 @@
+"""The ``facestream`` command line.
+
+Each subcommand lives in ``stream/commands/<name>.py`` and exposes ``register(subparsers)`` (adds its
+parser, with ``func`` set to a callable taking the parsed args and returning an exit code). This
+module only dispatches and turns errors into one line and an exit code; library code never exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from stream import __version__
+from stream.exceptions import FacestreamError
+
+# Subcommand modules, in the order `facestream --help` lists them.
+COMMANDS = ("swap", "bench", "demo", "models", "export", "live", "serve")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facestream",
+        description="Real-time face swap, reenactment and restoration. Outputs are marked as synthetic.",
+    )
+    parser.add_argument("--version", action="version", version=f"facestream {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"stream.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"stream.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``facestream`` and ``python -m stream``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="facestream: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except FacestreamError as exc:
+        print(f"facestream: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("facestream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""The data that flows through the pipeline: frames, tracked faces, head poses and face crops.
+
+Coordinates are always pixels of the *stored* (decoded, not display-rotated) image, ``x`` to the right
+and ``y`` down. Landmarks are MediaPipe face-mesh points, ``(478, 3)`` float32: ``x, y`` in pixels and
+``z`` a relative depth in the same pixel scale (smaller is nearer the camera).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    import av
+
+
+@dataclass(frozen=True)
+class HeadPose:
+    """Head orientation in degrees (camera frame; yaw > 0 turns to the image's left, pitch > 0 looks
+    down, roll > 0 tilts clockwise in the image) and the rigid transform that produced it."""
+
+    yaw: float
+    pitch: float
+    roll: float
+    rotation: np.ndarray = field(repr=False)  # (3, 3) rotation matrix, model -> camera
+    translation: np.ndarray = field(repr=False)  # (3,) translation, model -> camera
+
+    def as_vector(self) -> np.ndarray:
+        """``[yaw, pitch, roll]`` in degrees as float32, the space source frames are matched in."""
+        return np.array([self.yaw, self.pitch, self.roll], dtype=np.float32)
+
+
+@dataclass
+class TrackedFace:
+    """One face in one frame, as the tracker reports it."""
+
+    track_id: int
+    """Stable across frames while the face stays tracked; never reused within a run."""
+    landmarks: np.ndarray
+    """(478, 3) float32 face-mesh points in frame pixels (smoothed)."""
+    pose: HeadPose
+    bbox: tuple[float, float, float, float]
+    """``(x0, y0, x1, y1)`` of the landmarks, frame pixels."""
+    score: float = 1.0
+    """Detector/landmark confidence in [0, 1]."""
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.bbox
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+@dataclass
+class Frame:
+    """A decoded video frame travelling through the pipeline.
+
+    ``pts``/``time_base`` are copied from the decoder and never changed by any stage, so every frame
+    leaves with the timestamp it came in with.
+    """
+
+    index: int
+    """0-based position in the input's decode order of frames (presentation order)."""
+    image: np.ndarray
+    """(H, W, 3) uint8 RGB, C-contiguous, stored orientation."""
+    pts: int | None = None
+    time_base: Fraction | None = None
+    rotation: int = 0
+    """Display rotation in degrees (0, 90, 180, 270), as the container's display matrix says."""
+    capture_time: float = 0.0
+    """``time.monotonic()`` when the frame was captured or decoded; latency is measured from it."""
+    faces: list[TrackedFace] = field(default_factory=list)
+    modified: bool = False
+    """True once a stage changed ``image``; unmodified frames may be re-encoded from ``source``."""
+    source: av.VideoFrame | None = field(default=None, repr=False)
+    """The decoded frame this came from, when there is one."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per step (``decode``, ``track``, each stage...), for reports and benchmarks."""
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass(frozen=True)
+class SourceFace:
+    """A face to put in: one image (or video frame) of the source person with its mesh and pose."""
+
+    image: np.ndarray
+    """(H, W, 3) uint8 RGB; may be a crop around the face to save memory."""
+    landmarks: np.ndarray
+    """(478, 3) float32 in ``image`` pixels."""
+    pose: HeadPose
+    frame_index: int = 0
+    """Which frame of a source video this came from (0 for an image)."""
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """An affine map from frame pixels to a crop of ``size = (width, height)`` pixels.
+
+    The weight-free stages work on an axis-aligned region at native resolution (``matrix`` a pure
+    translation, so extracting and pasting are slices); learned networks work on a square, scaled
+    crop (e.g. 256x256 at crop scale 1.2).
+    """
+
+    matrix: np.ndarray
+    """(2, 3) float64, frame -> crop."""
+    size: tuple[int, int]
+
+    @classmethod
+    def region(cls, x0: int, y0: int, x1: int, y1: int) -> CropTransform:
+        """An axis-aligned region ``[x0, x1) x [y0, y1)`` of the frame at native resolution."""
+        m = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], dtype=np.float64)
+        return cls(m, (int(x1 - x0), int(y1 - y0)))
+
+    @property
+    def is_region(self) -> bool:
+        m = self.matrix
+        return bool(m[0, 0] == 1 and m[1, 1] == 1 and m[0, 1] == 0 and m[1, 0] == 0
+                    and float(m[0, 2]).is_integer() and float(m[1, 2]).is_integer())
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """Top-left frame pixel of a region crop."""
+        return int(-self.matrix[0, 2]), int(-self.matrix[1, 2])
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """(2, 3) crop -> frame."""
+        return cv2.invertAffineTransform(self.matrix)
+
+    def points_to_crop(self, pts: np.ndarray) -> np.ndarray:
+        """Map ``(N, 2+)`` frame points into the crop; extra columns (z) are scaled by the crop scale."""
+        out = pts.astype(np.float32, copy=True)
+        out[:, :2] = pts[:, :2] @ self.matrix[:, :2].T + self.matrix[:, 2]
+        if pts.shape[1] > 2:
+            out[:, 2:] = pts[:, 2:] * float(np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+        return out
+
+    def extract(self, image: np.ndarray) -> np.ndarray:
+        """The crop of ``image`` (a copy for region crops so stages may write into it)."""
+        w, h = self.size
+        if self.is_region:
+            x0, y0 = self.origin
+            return image[y0:y0 + h, x0:x0 + w].copy()
+        return cv2.warpAffine(image, self.matrix, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT101)
+
+    def paste(self, image: np.ndarray, crop: np.ndarray, alpha: np.ndarray) -> None:
+        """Composite ``crop`` into ``image`` in place with per-pixel ``alpha`` in [0, 1] (crop-sized)."""
+        if self.is_region:
+            x0, y0 = self.origin
+            w, h = self.size
+            dst = image[y0:y0 + h, x0:x0 + w]
+            a = alpha[..., None].astype(np.float32)
+            dst[:] = np.clip(crop.astype(np.float32) * a + dst.astype(np.float32) * (1 - a) + 0.5,
+                             0, 255).astype(np.uint8)
+            return
+        inv = self.inverse
+        h, w = image.shape[:2]
+        # Only touch the frame's bounding box of the warped crop.
+        corners = np.array([[0, 0], [self.size[0], 0], [0, self.size[1]], [self.size[0], self.size[1]]],
+                           dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
+        x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [w, h])
+        if x1 <= x0 or y1 <= y0:
+            return
+        shift = inv.copy()
+        shift[:, 2] -= (x0, y0)
+        size = (int(x1 - x0), int(y1 - y0))
+        warped = cv2.warpAffine(crop, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        a = cv2.warpAffine(alpha.astype(np.float32), shift, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+        dst = image[y0:y1, x0:x1]
+        dst[:] = np.clip(warped.astype(np.float32) * a + dst.astype(np.float32) * (1 - a) + 0.5,
+                         0, 255).astype(np.uint8)
+
+
+@dataclass
+class FaceWork:
+    """One target face of one frame on its way through the stage chain.
+
+    Built by :class:`stream.stages.base.StageChain`; each stage reads what earlier stages wrote and
+    fills its own fields. All arrays are crop-sized (``crop.size``).
+    """
+
+    target: TrackedFace
+    crop: CropTransform
+    image: np.ndarray
+    """Target crop, (h, w, 3) uint8 RGB."""
+    landmarks: np.ndarray
+    """Target landmarks in crop pixels, (478, 3) float32."""
+    source: SourceFace
+    """Source face chosen for this target (nearest pose)."""
+    frame_index: int = 0
+    reenacted: np.ndarray | None = None
+    """reenact: source face warped/reenacted to the target's geometry, (h, w, 3) float32 RGB 0..255."""
+    coverage: np.ndarray | None = None
+    """reenact: (h, w) float32 in [0, 1], where ``reenacted`` holds real source pixels."""
+    face_mask: np.ndarray | None = None
+    """segment: (h, w) float32 in [0, 1], the target face region to replace (softly eroded)."""
+    mouth_mask: np.ndarray | None = None
+    """segment: (h, w) float32 in [0, 1], the target's open-mouth interior to keep."""
+    completed: np.ndarray | None = None
+    """complete: ``reenacted`` with uncovered face pixels filled, (h, w, 3) float32."""
+    output: np.ndarray | None = None
+    """blend: final crop, (h, w, 3) uint8 RGB."""
+    alpha: np.ndarray | None = None
+    """blend: (h, w) float32 in [0, 1], how much of ``output`` is pasted into the frame."""

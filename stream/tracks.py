@@ -1,0 +1,134 @@
+"""Pull-based frame tracks, in the manner of aiortc's ``MediaStreamTrack``.
+
+Every source and every processing step is a :class:`FrameTrack`: ``await track.recv()`` returns the next
+:class:`~stream.frames.Frame` and raises :class:`~stream.exceptions.EndOfStream` after the last one;
+``stop()`` may be called any number of times. A :class:`ProcessorTrack` pulls from its upstream in a
+worker task it owns, runs its function in an executor (never on the event loop) and hands results on
+through a bounded :class:`~stream.queues.FrameQueue`, so consecutive steps overlap across frames while
+frames leave in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from stream.choices import DropPolicy
+from stream.exceptions import EndOfStream, FacestreamError, StageError
+from stream.frames import Frame
+from stream.queues import FrameQueue
+
+logger = logging.getLogger(__name__)
+
+
+class FrameTrack(ABC):
+    """A stream of frames; see the module docstring."""
+
+    kind = "video"
+
+    @abstractmethod
+    async def recv(self) -> Frame:
+        """The next frame; raises :class:`EndOfStream` after the last."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Stop producing frames and release resources. Idempotent."""
+
+
+class ProcessorTrack(FrameTrack):
+    """Applies ``fn`` to every frame of ``upstream`` in a worker task and an executor.
+
+    ``fn`` runs on a single thread by default, so stateful steps (tracking) see frames in order. An
+    exception from ``fn`` ends the stream: the next ``recv`` raises :class:`StageError` naming ``name``
+    and the frame, and the upstream is stopped.
+    """
+
+    def __init__(
+        self,
+        upstream: FrameTrack,
+        fn: Callable[[Frame], Frame],
+        *,
+        name: str,
+        queue_size: int = 4,
+        policy: DropPolicy = "block",
+        executor: Executor | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.name = name
+        self._fn = fn
+        self._queue: FrameQueue[Frame] = FrameQueue(queue_size, policy)
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"facestream-{name}")
+        self._on_close = on_close
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped by this track's keep-latest queue."""
+        return self._queue.dropped
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"facestream-{self.name}")
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s worker failed", self.name, exc_info=task.exception())
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    frame = await self.upstream.recv()
+                except EndOfStream:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    out = await loop.run_in_executor(self._executor, self._fn, frame)
+                except FacestreamError:
+                    raise
+                except Exception as exc:
+                    raise StageError(self.name, frame.index, exc) from exc
+                out.timings.setdefault(self.name, time.perf_counter() - t0)
+                await self._queue.put(out)
+            self._queue.finish()
+        except asyncio.CancelledError:
+            self._queue.finish()
+            raise
+        except BaseException as exc:  # handed to the consumer, which decides what to do
+            self._queue.finish(exc)
+            self.upstream.stop()
+
+    async def recv(self) -> Frame:
+        if self._task is None and not self._stopped:
+            self._start()
+        return await self._queue.get()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.finish()
+        self.upstream.stop()
+        if self._on_close is not None:
+            with contextlib.suppress(Exception):
+                self._on_close()
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """``stop()`` and wait for the worker task to finish."""
+        task = self._task
+        self.stop()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from stream import __version__
 from stream.exceptions import FacestreamError
+from stream.nativelog import filtered_native_stderr
 
 # Subcommand modules, in the order `facestream --help` lists them.
 COMMANDS = ("swap", "bench", "demo", "models", "export", "live", "serve")
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="facestream: %(levelname)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with filtered_native_stderr():
+            return int(args.func(args) or 0)
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

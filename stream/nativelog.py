@@ -1,0 +1,64 @@
+"""Keeps MediaPipe/TFLite's native log noise off the terminal of the CLI.
+
+MediaPipe's C++ code writes informational lines straight to file descriptor 2 ("INFO: Created TensorFlow
+Lite XNNPACK delegate", absl ``W0000 ...`` warnings), whatever the environment says. The CLI promises a
+one-line error, so it routes fd 2 through a pipe: known noise goes to the debug log, anything else is passed
+on unchanged. Python's own ``sys.stderr`` keeps writing to the real terminal directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+NOISE = re.compile(
+    rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"  # absl/glog INFO and WARNING lines
+    rb"|INFO: Created TensorFlow Lite .*delegate"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
+
+
+@contextlib.contextmanager
+def filtered_native_stderr() -> Iterator[None]:
+    """Route fd 2 through a filter for the duration of the block (no-op where fd 2 cannot be replaced)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    real = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), line_buffering=True, errors="backslashreplace")
+    old_stderr = sys.stderr
+    sys.stderr = real
+
+    def pump() -> None:
+        with io.FileIO(read_fd, "r") as pipe:
+            for line in pipe:
+                if NOISE.match(line):
+                    logger.debug("native: %s", line.rstrip().decode(errors="replace"))
+                else:
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="facestream-native-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            real.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=2)
+        sys.stderr = old_stderr
+        real.close()
+        os.close(saved)

@@ -511,6 +511,11 @@ class VideoFileSource(FrameTrack):
         self._stopped = False
 
     @property
+    def video_stream(self) -> VideoStream:
+        """The input stream being decoded (a sink reads its codec parameters and metadata)."""
+        return self._video
+
+    @property
     def dropped(self) -> int:
         """Frames dropped because the pipeline fell behind (``realtime`` only)."""
         return self._handoff.dropped

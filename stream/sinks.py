@@ -384,8 +384,8 @@ class VideoFileSink:
     def _mux_copies(self) -> None:
         if self._channel is None:
             return
-        for packet in self._channel.drain():
-            out = self._copy_map.get(packet.stream.index)
+        for index, packet in self._channel.drain():
+            out = self._copy_map.get(index)
             if out is None:
                 continue
             packet.stream = out

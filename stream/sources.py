@@ -325,19 +325,23 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
 class PacketChannel:
     """Packets of the copied streams, from a source's demux thread to one sink (thread to thread).
 
-    Bounded by the source's frame back-pressure, see :mod:`stream.sources`. :meth:`drain` never blocks;
-    :attr:`ended` is set once the demuxer has pushed its last packet (end of file, error or stop).
+    Each entry is ``(input stream index, packet)``. The index is read while the input is open: a
+    packet's ``stream`` must not be touched once the source has stopped (PyAV frees the stream with
+    its container). Bounded by the source's frame back-pressure, see :mod:`stream.sources`.
+    :meth:`drain` never blocks; :attr:`ended` is set once the demuxer has pushed its last packet
+    (end of file, cut, error or stop).
     """
 
     def __init__(self) -> None:
-        self._packets: deque[av.Packet] = deque()
+        self._packets: deque[tuple[int, av.Packet]] = deque()
         self._ended = threading.Event()
         self.complete = False
         """True when the channel ended at the end of the input (every packet was delivered)."""
         self.pushed = 0
 
     def push(self, packet: av.Packet) -> None:
-        self._packets.append(packet)
+        """Queue ``packet`` (demux thread, input still open)."""
+        self._packets.append((packet.stream.index, packet))
         self.pushed += 1
 
     def end(self, *, complete: bool) -> None:
@@ -353,8 +357,8 @@ class PacketChannel:
         """Wait (in a thread) until the demuxer is done; ``False`` on timeout."""
         return self._ended.wait(timeout)
 
-    def drain(self) -> list[av.Packet]:
-        """Every packet queued so far, oldest first."""
+    def drain(self) -> list[tuple[int, av.Packet]]:
+        """Every ``(stream index, packet)`` queued so far, oldest first."""
         out = []
         while True:
             try:
@@ -537,27 +541,30 @@ class VideoFileSource(FrameTrack):
         return await self._handoff.get()
 
     def stop(self) -> None:
-        """Stop decoding and release the file; waits for the decode thread to finish its frame."""
+        """Stop decoding and close the file; waits for the decode thread to finish its frame.
+
+        The input's streams (:attr:`video_stream`, :attr:`copy_streams`, packets' ``stream``) must
+        not be used after this: PyAV frees them with the container.
+        """
         if self._stopped:
             return
         self._stopped = True
         self._stop_event.set()
         self._handoff.close()
         thread = self._thread
-        if thread is None:
-            self._release()
-        elif thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5.0)
-            if thread.is_alive():
-                logger.warning("%s: decode thread did not stop within 5 s", self.path)
-
-    # -- the decode thread -------------------------------------------------------------------------
-
-    def _release(self) -> None:
+        if thread is not None and thread.is_alive():
+            # Closing the container under a running decoder would crash; the daemon thread exits
+            # at its next frame and the container is freed with the source.
+            logger.warning("%s: decode thread did not stop within 5 s", self.path)
+            return
         if self._channel is not None:
             self._channel.end(complete=False)
         with contextlib.suppress(Exception):
             self._container.close()
+
+    # -- the decode thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         channel = self._channel
@@ -586,7 +593,8 @@ class VideoFileSource(FrameTrack):
                 channel.end(complete=True)
             self._handoff.finish()
         finally:
-            self._release()
+            if channel is not None:
+                channel.end(complete=False)  # no-op after a complete end
 
     def _decode_all(self, channel: PacketChannel | None) -> None:
         fill_pts = _PtsFiller(self.info)

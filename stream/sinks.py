@@ -86,7 +86,7 @@ class EncodeSettings:
 
     codec: str = "libx264"
     """An FFmpeg encoder name (``libx264``, ``libx265``, ``libvpx-vp9``, ``ffv1``...)."""
-    crf: int | None = 18
+    crf: int | None = 17
     """Constant rate factor for CRF codecs (lower is better; ``None`` leaves the encoder default)."""
     preset: str | None = "veryfast"
     """Speed/size trade-off for x264/x265/SVT-AV1; ``None`` leaves the encoder default."""

@@ -40,7 +40,7 @@ def textured_frame(i: int, width: int = 160, height: int = 120, seed: int = 0) -
     x0, y0 = (10 + 4 * i) % (width - 40), (8 + 3 * i) % (height - 30)
     img[y0:y0 + 30, x0:x0 + 40] = (220, 200 - 2 * (i % 50), 40)
     rng = np.random.default_rng(seed * 1000 + i)
-    img += rng.normal(0.0, 3.0, img.shape)
+    img += rng.normal(0.0, 2.0, img.shape)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 

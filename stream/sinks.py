@@ -239,7 +239,7 @@ class VideoFileSink:
         src_ctx = src_stream.codec_context
         try:
             codec = av.codec.Codec(s.codec, "w")
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:  # UnknownCodecError is a ValueError
             raise OutputError(f"unknown video encoder {s.codec!r}; try libx264, libx265, libvpx-vp9 "
                               "or ffv1") from exc
         if codec.type != "video":

@@ -26,11 +26,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clips import decoded_frames, make_clip, psnr  # noqa: E402
+from clips import decoded_frames, make_clip, psnr
 
-from stream.exceptions import EndOfStream  # noqa: E402
-from stream.sinks import EncodeSettings, transcode  # noqa: E402
-from stream.sources import VideoFileSource  # noqa: E402
+from stream.exceptions import EndOfStream
+from stream.sinks import EncodeSettings, transcode
+from stream.sources import VideoFileSource
 
 
 async def decode_fps(path: Path) -> float:

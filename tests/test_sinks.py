@@ -3,7 +3,6 @@ synthetic tags added, quality kept, and the output written safely."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Callable
@@ -167,7 +166,8 @@ async def test_mov_text_subtitles_are_kept_in_mp4(tmp_path: Path) -> None:
     await _run(clip.path, out)
     def cues(path: Path) -> list[tuple[int | None, int | None, bytes]]:
         # The MP4 muxer fills gaps with empty samples of its own; the cues are what matters.
-        return [(pts, dur, data) for pts, dur, _, data in stream_packets(path, "subtitle") if data[:2] != b"\0\0"]
+        packets = stream_packets(path, "subtitle")
+        return [(pts, dur, data) for pts, dur, _, data in packets if data[:2] != b"\0\0"]
 
     assert cues(out) == cues(clip.path) and len(cues(out)) == 2
 
@@ -326,7 +326,7 @@ async def test_encoder_failure_surfaces_as_output_error(tmp_path: Path) -> None:
     await sink.write(await source.recv())
     broken = await source.recv()
     broken.image, broken.modified = np.zeros((120, 160), np.uint8), True  # a stage returned grey
-    with pytest.raises(OutputError, match="writing .*out.mp4 failed"):
+    with pytest.raises(OutputError, match=r"writing .*out\.mp4 failed"):
         await sink.write(broken)
         while True:  # the failure reaches write() or close(), whichever comes first
             await sink.write(await source.recv())

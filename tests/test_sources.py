@@ -16,6 +16,7 @@ from clips import VFR_TICKS, decoded_frames, make_clip, stream_packets
 
 from stream.exceptions import (
     EndOfStream,
+    InputError,
     InputNotFoundError,
     TruncatedMediaError,
     UnsupportedMediaError,
@@ -288,6 +289,43 @@ def test_cut_streaming_file_in_read_video_frames(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="stream.sources"):
         frames = list(read_video_frames(cut))
     assert 5 < len(frames) < 30 and "ends mid-stream" in caplog.text
+
+
+def _damaged_png_clip(path: Path, bad_frame: int = 5) -> Path:
+    """A 10-frame PNG-coded clip whose ``bad_frame`` has its PNG signature wiped: the decoder fails."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data)) if data.startswith(b"\x89PNG", i)]
+    assert len(starts) == 10
+    data[starts[bad_frame]:starts[bad_frame] + 8] = bytes(8)
+    path.write_bytes(bytes(data))
+    return path
+
+
+async def test_decode_error_in_an_indexed_file_is_an_error(tmp_path: Path) -> None:
+    source = VideoFileSource(_damaged_png_clip(tmp_path / "bad.mov"))  # frame 0 is fine: probe passes
+    frames = []
+    with pytest.raises(InputError, match="damaged"):
+        while True:
+            frames.append(await source.recv())
+    source.stop()
+    assert len(frames) <= 5 and not source.truncated
+
+
+async def test_decode_error_in_a_streaming_file_ends_it_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = VideoFileSource(_damaged_png_clip(tmp_path / "bad.nut"))
+    with caplog.at_level(logging.WARNING, logger="stream.sources"):
+        frames = await _drain(source)
+    assert 0 < len(frames) <= 5 and source.truncated
+    assert "decoding failed after frame" in caplog.text
 
 
 # -- images ----------------------------------------------------------------------------------------

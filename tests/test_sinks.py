@@ -4,6 +4,7 @@ synthetic tags added, quality kept, and the output written safely."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from fractions import Fraction
@@ -369,3 +370,24 @@ async def test_context_manager_closes_or_aborts(tmp_path: Path) -> None:
             raise KeyError("boom")
     source.stop()
     assert not (tmp_path / "bad.mp4").exists() and _leftovers(tmp_path) == []
+
+
+async def test_attachments_are_kept_in_matroska_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clip = make_clip(tmp_path / "plain.mkv", frames=4)
+    with_font = tmp_path / "font.mkv"
+    with av.open(str(clip.path)) as inp, av.open(str(with_font), "w") as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        out.add_attachment("font.ttf", "font/ttf", b"not really a font" * 4)
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = video
+                out.mux(packet)
+    await transcode(with_font, tmp_path / "out.mkv")
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        attachment = next(s for s in container.streams if s.type == "attachment")
+        assert attachment.name == "font.ttf" and attachment.data == b"not really a font" * 4
+    with caplog.at_level(logging.WARNING, logger="stream.sinks"):
+        await transcode(with_font, tmp_path / "out.mp4")
+    assert "not copying font.ttf attachment stream #1" in caplog.text
+    assert len(decoded_frames(tmp_path / "out.mp4")) == 4

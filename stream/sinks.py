@@ -102,7 +102,7 @@ class EncodeSettings:
     """Output pixel format; ``None`` keeps the input's when the encoder supports it."""
     threads: int = 0
     """Encoder threads; 0 lets the encoder choose."""
-    options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Extra encoder options (FFmpeg AVOptions), applied last."""
 
     def codec_options(self) -> dict[str, str]:

@@ -114,7 +114,7 @@ class VideoInfo:
     truncated: bool
     """A streaming container that is visibly cut short; frames are delivered up to the cut."""
     streams: tuple[StreamInfo, ...] = ()
-    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Container metadata (title, creation_time, ...)."""
 
 

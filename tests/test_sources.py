@@ -106,9 +106,11 @@ async def test_decoding_waits_for_the_consumer(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "a.mp4", frames=20)
     source = VideoFileSource(clip.path, queue_size=2)
     first = await source.recv()
-    while len(source._handoff) < 2:  # the thread refills the queue, then must block
+    for _ in range(1000):  # the thread refills the queue (up to 5 s on a loaded machine)...
+        if source.frames_decoded >= 3:
+            break
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # ...and then must block
     assert source.frames_decoded == 3  # 1 taken + 2 queued; the 4th waits for room
     rest = await _drain(source)
     assert _times([first, *rest]) == clip.times

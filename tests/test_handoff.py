@@ -1,0 +1,116 @@
+"""The thread <-> event loop handoff: order, back-pressure, drops, ends and release of stuck threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from stream.exceptions import EndOfStream, InputError
+from stream.handoff import Handoff
+
+
+def _produce(handoff: Handoff[int], items: range, results: list[bool]) -> threading.Thread:
+    def run() -> None:
+        for i in items:
+            results.append(handoff.put_sync(i))
+        handoff.finish()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+async def test_thread_to_loop_keeps_order_and_ends() -> None:
+    handoff: Handoff[int] = Handoff(2)
+    results: list[bool] = []
+    thread = _produce(handoff, range(50), results)
+    got = []
+    with pytest.raises(EndOfStream):
+        while True:
+            got.append(await handoff.get())
+    thread.join()
+    assert got == list(range(50))
+    assert all(results)
+    with pytest.raises(EndOfStream):  # stays ended
+        await handoff.get()
+
+
+async def test_block_policy_holds_the_producer_until_the_consumer_takes() -> None:
+    handoff: Handoff[int] = Handoff(3)
+    results: list[bool] = []
+    thread = _produce(handoff, range(10), results)
+    while len(handoff) < 3:  # let the producer fill it
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert len(results) == 3 and len(handoff) == 3  # the 4th put is waiting
+    assert await handoff.get() == 0
+    rest = []
+    with pytest.raises(EndOfStream):
+        while True:
+            rest.append(await handoff.get())
+    thread.join()
+    assert rest == list(range(1, 10))
+    assert handoff.dropped == 0
+
+
+async def test_keep_latest_drops_the_oldest() -> None:
+    handoff: Handoff[int] = Handoff(2, "keep_latest")
+    for i in range(5):
+        assert handoff.put_sync(i)
+    handoff.finish()
+    assert [await handoff.get(), await handoff.get()] == [3, 4]
+    assert handoff.dropped == 3
+
+
+async def test_close_releases_a_blocked_producer() -> None:
+    handoff: Handoff[int] = Handoff(1)
+    results: list[bool] = []
+    thread = _produce(handoff, range(5), results)
+    while len(handoff) < 1:
+        await asyncio.sleep(0.005)
+    handoff.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert results[0] is True and results[-1] is False
+    with pytest.raises(EndOfStream):
+        await handoff.get()
+
+
+async def test_error_is_raised_after_the_items() -> None:
+    handoff: Handoff[str] = Handoff(4)
+    handoff.put_sync("a")
+    handoff.finish(InputError("broken input"))
+    assert await handoff.get() == "a"
+    with pytest.raises(InputError, match="broken input"):
+        await handoff.get()
+    with pytest.raises(RuntimeError):
+        handoff.put_sync("b")
+
+
+async def test_loop_to_thread_direction() -> None:
+    handoff: Handoff[int] = Handoff(2)
+    got: list[int] = []
+
+    def consume() -> None:
+        while True:
+            try:
+                got.append(handoff.get_sync())
+            except EndOfStream:
+                return
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    for i in range(20):
+        assert await handoff.put(i)
+    handoff.finish()
+    await asyncio.to_thread(thread.join)
+    assert got == list(range(20))
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="size"):
+        Handoff(0)
+    with pytest.raises(ValueError, match="keep_latest"):
+        Handoff(2, "newest")  # type: ignore[arg-type]

@@ -1,0 +1,393 @@
+"""Video sinks on real files: nothing lost (frames, timestamps, audio, subtitles, rotation, metadata),
+synthetic tags added, quality kept, and the output written safely."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from clips import VFR_TICKS, decoded_frames, make_clip, psnr, stream_packets
+
+from stream import __version__
+from stream.exceptions import EndOfStream, OutputError
+from stream.frames import Frame
+from stream.sinks import EncodeSettings, VideoFileSink, transcode
+from stream.sources import VideoFileSource
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if "facestream-tmp" in p.name)
+
+
+def _times(path: Path) -> list[Fraction]:
+    return [f.pts * f.time_base for f in decoded_frames(path)]
+
+
+def _tags(path: Path) -> dict[str, str]:
+    with av.open(str(path)) as container:
+        return {k.lower(): v for k, v in container.metadata.items()}
+
+
+async def _run(src: Path, dst: Path, edit: Callable[[Frame], None] | None = None, **sink_args: object
+               ) -> VideoFileSource:
+    source = VideoFileSource(src)
+    sink = VideoFileSink(dst, source, **sink_args)  # type: ignore[arg-type]
+    try:
+        while True:
+            try:
+                frame = await source.recv()
+            except EndOfStream:
+                break
+            if edit is not None:
+                edit(frame)
+            await sink.write(frame)
+        await sink.close()
+    except BaseException:
+        await sink.abort()
+        raise
+    finally:
+        source.stop()
+    return source
+
+
+def _paint_every_third(frame: Frame) -> None:
+    if frame.index % 3 == 0:
+        frame.image = frame.image.copy()
+        frame.image[20:60, 30:90] = (255, 0, 255)
+        frame.modified = True
+
+
+# -- timestamps ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cfr.mp4", "vfr.mp4", "cfr.mkv", "vfr.mkv"])
+@pytest.mark.parametrize("modify", [False, True], ids=["passthrough", "modified"])
+async def test_every_frame_keeps_its_timestamp(tmp_path: Path, name: str, modify: bool) -> None:
+    clip = make_clip(tmp_path / name, ticks=VFR_TICKS if name.startswith("vfr") else None)
+    out = tmp_path / f"out{clip.path.suffix}"
+    await _run(clip.path, out, _paint_every_third if modify else None)
+    src, dst = decoded_frames(clip.path), decoded_frames(out)
+    assert len(dst) == len(src) == len(clip.pts)
+    assert [f.time_base for f in dst] == [f.time_base for f in src]
+    assert [f.pts for f in dst] == [f.pts for f in src]
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    if modify:
+        for i, (a, b) in enumerate(zip(src, dst, strict=True)):
+            region = b.to_ndarray(format="rgb24")[24:56, 34:86].astype(int)
+            is_magenta = bool(np.abs(region - (255, 0, 255)).mean() < 12)
+            assert is_magenta == (i % 3 == 0), f"frame {i}"
+            if i % 3:
+                assert psnr(a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24")) >= 38
+
+
+async def test_timestamps_survive_a_change_of_container(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "vfr.mkv", ticks=VFR_TICKS)
+    out = tmp_path / "out.mp4"
+    await _run(clip.path, out)
+    assert _times(out) == _times(clip.path)
+
+
+async def test_streaming_input_keeps_its_start_offset(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "in.ts", ticks=range(7, 19), format="mpegts")  # starts at 7/30 s
+    out = tmp_path / "out.mp4"
+    await _run(clip.path, out)
+    assert _times(clip.path)[0] >= Fraction(7, 30)
+    assert _times(out) == _times(clip.path)  # exact: the MP4 edit list counts in the video's clock
+
+
+# -- quality ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.mkv"])
+async def test_unmodified_frames_stay_above_38_db(tmp_path: Path, name: str) -> None:
+    clip = make_clip(tmp_path / name, frames=30)
+    out = tmp_path / f"out{clip.path.suffix}"
+    stats = await transcode(clip.path, out)  # default EncodeSettings
+    values = [psnr(a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24"))
+              for a, b in zip(decoded_frames(clip.path), decoded_frames(out), strict=True)]
+    assert len(values) == 30 and min(values) >= 38.0, values
+    assert stats.frames == 30 and stats.bytes == out.stat().st_size and stats.encode_seconds > 0
+
+
+async def test_rgb_round_trip_is_the_inverse_of_decoding(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=10)
+    out = tmp_path / "out.mp4"
+    await transcode(clip.path, out, EncodeSettings(codec="libx264", crf=0, preset="ultrafast"),
+                    rgb_roundtrip=True)
+    for a, b in zip(decoded_frames(clip.path), decoded_frames(out), strict=True):
+        # Lossless encode: what is left is the YUV 4:2:0 -> RGB -> YUV 4:2:0 conversion itself.
+        assert psnr(a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24")) > 40
+
+
+# -- copied streams --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "codec"), [("a.mp4", "aac"), ("a.mkv", "libopus")])
+async def test_audio_is_copied_packet_for_packet(tmp_path: Path, name: str, codec: str) -> None:
+    clip = make_clip(tmp_path / name, frames=24, audio=codec)
+    out = tmp_path / f"out{clip.path.suffix}"
+    await _run(clip.path, out, _paint_every_third)
+    before, after = stream_packets(clip.path, "audio"), stream_packets(out, "audio")
+    assert len(after) == len(before) > 20
+    assert after == before  # same pts, durations and bytes: not re-encoded
+    with av.open(str(clip.path)) as a, av.open(str(out)) as b:
+        sa, sb = a.streams.audio[0], b.streams.audio[0]
+        assert sb.codec_context.name == sa.codec_context.name
+        assert (sb.sample_rate, sb.time_base) == (sa.sample_rate, sa.time_base)
+        assert sb.metadata.get("language") == "fra"
+
+
+async def test_subtitles_are_copied_into_matroska(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mkv", frames=20, audio="libopus", subtitles="srt")
+    out = tmp_path / "out.mkv"
+    await _run(clip.path, out)
+    before, after = stream_packets(clip.path, "subtitle"), stream_packets(out, "subtitle")
+    assert len(before) == 2 and after == before
+    with av.open(str(out)) as container:
+        sub = next(s for s in container.streams if s.type == "subtitle")
+        assert sub.codec_context.name in ("subrip", "srt")
+        assert sub.metadata.get("language") == "eng"
+
+
+async def test_mov_text_subtitles_are_kept_in_mp4(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=20, subtitles="mov_text")
+    out = tmp_path / "out.mp4"
+    await _run(clip.path, out)
+    def cues(path: Path) -> list[tuple[int | None, int | None, bytes]]:
+        # The MP4 muxer fills gaps with empty samples of its own; the cues are what matters.
+        packets = stream_packets(path, "subtitle")
+        return [(pts, dur, data) for pts, dur, _, data in packets if data[:2] != b"\0\0"]
+
+    assert cues(out) == cues(clip.path) and len(cues(out)) == 2
+
+
+async def test_stream_the_output_cannot_hold_is_refused_up_front(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=5, subtitles="mov_text")
+    source = VideoFileSource(clip.path)
+    try:
+        with pytest.raises(OutputError, match=r"cannot hold the mov_text subtitle stream #1"):
+            VideoFileSink(tmp_path / "out.mkv", source)
+    finally:
+        source.stop()
+    assert not (tmp_path / "out.mkv").exists()
+    assert _leftovers(tmp_path) == []
+
+
+async def test_codec_the_container_cannot_hold_is_refused(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mkv", frames=5, audio="libopus")
+    source = VideoFileSource(clip.path)
+    try:
+        with pytest.raises(OutputError, match="cannot hold"):
+            VideoFileSink(tmp_path / "out.webm", source)  # WebM takes no H.264
+        with pytest.raises(OutputError, match="opus audio stream #1"):
+            VideoFileSink(tmp_path / "out.mov", source)  # Opus in MOV fails when the header is written
+    finally:
+        source.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mkv"]
+
+
+# -- metadata --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.mov", "a.mkv"])
+async def test_rotation_metadata_and_synthetic_tags(tmp_path: Path, name: str) -> None:
+    clip = make_clip(tmp_path / name, frames=6, rotation=90, audio="aac",
+                     metadata={"title": "holiday", "artist": "someone"},
+                     video_metadata={"language": "deu"})
+    out = tmp_path / f"out{clip.path.suffix}"
+    await _run(clip.path, out, metadata={"facestream_mode": "swap"})
+    assert [f.rotation for f in decoded_frames(out)] == [90] * 6
+    tags = _tags(out)
+    assert tags["title"] == "holiday" and tags["artist"] == "someone"
+    assert tags["synthetic"] == "true"
+    assert tags["encoder_app"] == f"facestream {__version__}"
+    assert tags["facestream_mode"] == "swap"
+    assert "synthetic" in tags["comment"].lower()
+    if name != "a.mov":  # FFmpeg's MOV muxer drops ISO 639 languages (Macintosh codes only)
+        with av.open(str(out)) as container:
+            assert container.streams.video[0].metadata.get("language") == "deu"
+
+
+async def test_an_input_comment_is_not_replaced(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=3, metadata={"comment": "my words"})
+    out = tmp_path / "out.mp4"
+    await _run(clip.path, out)
+    assert _tags(out)["comment"] == "my words" and _tags(out)["synthetic"] == "true"
+
+
+# -- safety ----------------------------------------------------------------------------------------
+
+
+async def test_output_equal_to_input_is_refused(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=5)
+    digest = _sha(clip.path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.mp4").symlink_to(clip.path)
+    os.link(clip.path, tmp_path / "hard.mp4")
+    source = VideoFileSource(clip.path)
+    try:
+        for same in (clip.path, tmp_path / "sub" / ".." / "a.mp4", tmp_path / "link.mp4",
+                     tmp_path / "hard.mp4"):
+            with pytest.raises(OutputError, match="is the input file"):
+                VideoFileSink(same, source)
+    finally:
+        source.stop()
+    assert _sha(clip.path) == digest
+    assert _leftovers(tmp_path) == []
+
+
+async def test_bad_output_paths_and_settings(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=3)
+    source = VideoFileSource(clip.path)
+    try:
+        with pytest.raises(OutputError, match="does not exist"):
+            VideoFileSink(tmp_path / "missing" / "out.mp4", source)
+        with pytest.raises(OutputError, match="extension"):
+            VideoFileSink(tmp_path / "out.xyz", source)
+        with pytest.raises(OutputError, match="directory"):
+            VideoFileSink(tmp_path, source)
+        with pytest.raises(OutputError, match="unknown video encoder 'nope'"):
+            VideoFileSink(tmp_path / "out.mp4", source, settings=EncodeSettings(codec="nope"))
+        with pytest.raises(OutputError, match="cannot open encoder"):
+            VideoFileSink(tmp_path / "out.mp4", source, settings=EncodeSettings(preset="warp-speed"))
+    finally:
+        source.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+async def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=20, audio="aac")
+    digest = _sha(clip.path)
+    out = tmp_path / "out.mp4"
+    source = VideoFileSource(clip.path)
+    sink = VideoFileSink(out, source)
+    assert len(_leftovers(tmp_path)) == 1  # written next to the output, under a hidden name
+    for _ in range(8):
+        await sink.write(await source.recv())
+    await sink.abort()
+    await sink.abort()  # idempotent
+    source.stop()
+    assert not out.exists() and _leftovers(tmp_path) == []
+    assert _sha(clip.path) == digest
+    with pytest.raises(OutputError, match="after"):
+        await sink.write(Frame(index=0, image=np.zeros((120, 160, 3), np.uint8), pts=0))
+
+
+async def test_abort_keeps_an_existing_output_and_abort_before_writing(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=5)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous result")
+    source = VideoFileSource(clip.path)
+    sink = VideoFileSink(out, source)
+    await sink.abort()
+    source.stop()
+    assert out.read_bytes() == b"previous result" and _leftovers(tmp_path) == []
+
+
+async def test_close_without_frames_saves_nothing(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=5)
+    source = VideoFileSource(clip.path)
+    sink = VideoFileSink(tmp_path / "out.mp4", source)
+    with pytest.raises(OutputError, match="no frames"):
+        await sink.close()
+    source.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+async def test_a_failing_pipeline_leaves_no_file(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=12)
+    out = tmp_path / "out.mp4"
+
+    def explode(frame: Frame) -> None:
+        if frame.index == 5:
+            raise RuntimeError("stage broke")
+
+    with pytest.raises(RuntimeError, match="stage broke"):
+        await _run(clip.path, out, explode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+async def test_encoder_failure_surfaces_as_output_error(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=6)
+    out = tmp_path / "out.mp4"
+    source = VideoFileSource(clip.path)
+    sink = VideoFileSink(out, source, queue_size=1)
+    await sink.write(await source.recv())
+    broken = await source.recv()
+    broken.image, broken.modified = np.zeros((120, 160), np.uint8), True  # a stage returned grey
+    with pytest.raises(OutputError, match=r"writing .*out\.mp4 failed"):
+        await sink.write(broken)
+        while True:  # the failure reaches write() or close(), whichever comes first
+            await sink.write(await source.recv())
+    source.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+async def test_input_bytes_never_change(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mkv", frames=12, audio="libopus", subtitles="srt")
+    digest = _sha(clip.path)
+    await _run(clip.path, tmp_path / "out.mkv", _paint_every_third)
+    assert _sha(clip.path) == digest
+
+
+async def test_cut_stream_is_written_up_to_the_cut(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.ts", frames=30, format="mpegts", audio="aac")
+    data = clip.path.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[:len(data) // 2 + 77])
+    out = tmp_path / "out.mp4"
+    source = await _run(cut, out)
+    assert source.truncated
+    got = _times(out)
+    assert 5 < len(got) < 30 and got == _times(clip.path)[:len(got)]
+    assert len(stream_packets(out, "audio")) > 0
+
+
+async def test_context_manager_closes_or_aborts(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=4)
+    source = VideoFileSource(clip.path)
+    async with VideoFileSink(tmp_path / "ok.mp4", source) as sink:
+        for _ in range(4):
+            await sink.write(await source.recv())
+    source.stop()
+    assert len(decoded_frames(tmp_path / "ok.mp4")) == 4
+    source = VideoFileSource(clip.path)
+    with pytest.raises(KeyError):
+        async with VideoFileSink(tmp_path / "bad.mp4", source) as sink:
+            await sink.write(await source.recv())
+            raise KeyError("boom")
+    source.stop()
+    assert not (tmp_path / "bad.mp4").exists() and _leftovers(tmp_path) == []
+
+
+async def test_attachments_are_kept_in_matroska_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clip = make_clip(tmp_path / "plain.mkv", frames=4)
+    with_font = tmp_path / "font.mkv"
+    with av.open(str(clip.path)) as inp, av.open(str(with_font), "w") as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        out.add_attachment("font.ttf", "font/ttf", b"not really a font" * 4)
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = video
+                out.mux(packet)
+    await transcode(with_font, tmp_path / "out.mkv")
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        attachment = next(s for s in container.streams if s.type == "attachment")
+        assert attachment.name == "font.ttf" and attachment.data == b"not really a font" * 4
+    with caplog.at_level(logging.WARNING, logger="stream.sinks"):
+        await transcode(with_font, tmp_path / "out.mp4")
+    assert "not copying font.ttf attachment stream #1" in caplog.text
+    assert len(decoded_frames(tmp_path / "out.mp4")) == 4

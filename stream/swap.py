@@ -1,0 +1,257 @@
+"""The offline swap job: SOURCE face(s) into every selected face of an INPUT video.
+
+``swap_video`` wires the pieces: probe and validate (so bad input fails before any output exists),
+build the source bank, then source -> tracking -> stage chain -> encoder, with a report at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream import __version__
+from stream.choices import BlendMode, FaceSelection
+from stream.exceptions import InputError, InputNotFoundError, NoFaceError, OutputError
+from stream.frames import Frame, SourceFace
+from stream.pipeline import PipelineStats, run_pipeline
+from stream.stages.base import SourceBank, StageChain
+from stream.tracks import ProcessorTrack
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """Everything a swap run needs; built by the CLI or by library users."""
+
+    source: Path
+    """Image or video of the person whose face is put in."""
+    input: Path
+    """Video whose faces are replaced."""
+    output: Path
+    """Where the result goes (written to a temporary file, renamed at the end)."""
+    faces: FaceSelection = "all"
+    """Which target faces to replace."""
+    models: str | None = None
+    """``None`` for the weight-free default, or ``fsgan:DIR`` for the learned FSGAN chain."""
+    backend: str = "auto"
+    """Inference backend for learned models."""
+    blend: BlendMode | None = None
+    """Blend mode of the weight-free chain (None: its default)."""
+    crf: int | None = None
+    """Encoder quality (lower is better); None: the encoder's default."""
+    preset: str | None = None
+    """Encoder speed preset; None: the encoder's default."""
+    codec: str | None = None
+    """Video codec of the output; None: the encoder's default."""
+    source_frames: int = 64
+    """At most this many frames are sampled from a SOURCE video to match poses against."""
+    progress: bool = True
+    """Print a progress line on stderr."""
+    report: Path | None = None
+    """Write the JSON report here."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Extra container metadata for the output."""
+
+
+def check_paths(options: SwapOptions) -> None:
+    """Fail early, before anything is opened for writing."""
+    for label, path in (("SOURCE", options.source), ("INPUT", options.input)):
+        if not path.exists():
+            raise InputNotFoundError(f"{label} not found: {path}")
+        if path.is_dir():
+            raise InputError(f"{label} is a directory, not a file: {path}")
+    out = options.output
+    if out.resolve() == options.input.resolve():
+        raise OutputError(f"OUTPUT is the same file as INPUT: {out}; choose another name")
+    if not out.parent.resolve().is_dir():
+        raise OutputError(f"OUTPUT directory does not exist: {out.parent}")
+    if not os.access(out.parent.resolve(), os.W_OK):
+        raise OutputError(f"OUTPUT directory is not writable: {out.parent}")
+
+
+def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
+    """Faces of the source person: the largest face of an image, or of frames sampled from a video."""
+    from stream.sources import load_image, probe_video, read_video_frames
+    from stream.tracking import detect_faces
+
+    faces: list[SourceFace] = []
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = load_image(path)
+        found = detect_faces(image, max_faces=4)
+        if found:
+            best = max(found, key=lambda f: f.area)
+            faces.append(SourceFace(image=image, landmarks=best.landmarks, pose=best.pose))
+    else:
+        info = probe_video(path)
+        step = max(1, (info.frames or max_frames) // max_frames)
+        for frame in read_video_frames(path, step=step, max_frames=max_frames):
+            found = detect_faces(frame.image, max_faces=4, rotation=frame.rotation)
+            if found:
+                best = max(found, key=lambda f: f.area)
+                faces.append(_crop_source(frame.image, best, frame.index))
+    if not faces:
+        raise NoFaceError(f"no face found in SOURCE: {path}")
+    return SourceBank(faces)
+
+
+def _crop_source(image: np.ndarray, face: Any, index: int) -> SourceFace:
+    """Keep only a generous box around the face so a long source video does not hold full frames."""
+    x0, y0, x1, y1 = face.bbox
+    w, h = x1 - x0, y1 - y0
+    cx0, cy0 = max(0, int(x0 - w)), max(0, int(y0 - h))
+    cx1, cy1 = min(image.shape[1], int(x1 + w)), min(image.shape[0], int(y1 + h))
+    lm = face.landmarks.copy()
+    lm[:, 0] -= cx0
+    lm[:, 1] -= cy0
+    return SourceFace(image=np.ascontiguousarray(image[cy0:cy1, cx0:cx1]), landmarks=lm, pose=face.pose,
+                      frame_index=index)
+
+
+def build_chain(options: SwapOptions) -> StageChain:
+    """The stage chain the options ask for: the weight-free default or the learned FSGAN networks."""
+    if options.models is None:
+        from stream.stages import default_chain
+
+        kwargs: dict[str, Any] = {"faces": options.faces}
+        if options.blend is not None:
+            kwargs["blend"] = options.blend
+        return default_chain(**kwargs)
+    kind, _, location = options.models.partition(":")
+    if kind != "fsgan" or not location:
+        raise InputError(f"unknown --models {options.models!r}; expected fsgan:DIR")
+    from stream.stages.learned import learned_chain
+
+    return learned_chain(Path(location), backend=options.backend, faces=options.faces)
+
+
+def output_metadata(options: SwapOptions) -> dict[str, str]:
+    """Container tags that mark the output as synthetic (never removed, whatever the options)."""
+    mode = "fsgan" if options.models else "weight-free"
+    tags = dict(options.metadata)
+    tags.update({
+        "synthetic": "true",
+        "facestream": __version__,
+        "facestream_mode": f"swap/{mode}",
+        "comment": f"Synthetic media: face swapped by facestream {__version__} ({mode})",
+    })
+    return tags
+
+
+class Progress:
+    """A single self-overwriting stderr line, at most a few updates per second."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled and sys.stderr.isatty()
+        self._t0 = time.monotonic()
+        self._last = 0.0
+        self.count = 0
+
+    def __call__(self, frame: Frame) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.25:
+            return
+        self._last = now
+        fps = self.count / max(now - self._t0, 1e-6)
+        total = f"/{self.total}" if self.total else ""
+        sys.stderr.write(f"\rfacestream: frame {self.count}{total}  {fps:5.1f} fps")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def encode_settings(options: SwapOptions) -> Any:
+    from stream.sinks import EncodeSettings
+
+    overrides = {k: v for k, v in (("crf", options.crf), ("preset", options.preset), ("codec", options.codec))
+                 if v is not None}
+    return EncodeSettings(**overrides)
+
+
+async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] | None = None) -> dict[str, Any]:
+    """Run one swap; returns the report (also written to ``options.report`` when set)."""
+    from stream.sinks import VideoFileSink
+    from stream.sources import VideoFileSource, probe_video
+    from stream.tracking import FaceTracker
+
+    check_paths(options)
+    t_start = time.perf_counter()
+    info = probe_video(options.input)
+    bank = load_source_bank(options.source, max_frames=options.source_frames)
+    chain = build_chain(options)
+    chain.set_source(bank)
+    setup_seconds = time.perf_counter() - t_start
+
+    source = VideoFileSource(options.input)
+    tracker = FaceTracker()
+
+    def track(frame: Frame) -> Frame:
+        t0 = time.perf_counter()
+        tracker(frame)
+        frame.timings["track"] = time.perf_counter() - t0
+        return frame
+
+    def close_all() -> None:
+        tracker.close()
+        chain.close()
+
+    tracked = ProcessorTrack(source, track, name="track")
+    swapped = ProcessorTrack(tracked, chain, name="swap")
+    sink = VideoFileSink(options.output, source, settings=encode_settings(options),
+                         metadata=output_metadata(options))
+    progress = Progress(info.frames, options.progress)
+
+    def per_frame(frame: Frame) -> None:
+        progress(frame)
+        if on_frame is not None:
+            on_frame(frame)
+
+    try:
+        stats: PipelineStats = await run_pipeline(swapped, sink, on_frame=per_frame, stop=close_all)
+    finally:
+        progress.done()
+    report = build_report(options, stats, bank, setup_seconds, truncated=bool(getattr(source, "truncated", False)))
+    if options.report is not None:
+        options.report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def build_report(options: SwapOptions, stats: PipelineStats, bank: SourceBank, setup_seconds: float,
+                 *, truncated: bool) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "facestream": __version__,
+        "input": str(options.input),
+        "source": str(options.source),
+        "output": str(options.output),
+        "mode": "fsgan" if options.models else "weight-free",
+        "faces_option": options.faces,
+        "source_faces": len(bank),
+        "input_truncated": truncated,
+        "setup_seconds": round(setup_seconds, 4),
+    }
+    report.update(stats.as_dict())
+    sink = stats.sink
+    if sink is not None and hasattr(sink, "__dataclass_fields__"):
+        report["sink"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(sink).items()}
+    return report
+
+
+def run_swap(options: SwapOptions) -> dict[str, Any]:
+    """Synchronous wrapper around :func:`swap_video`."""
+    return asyncio.run(swap_video(options))

@@ -1,0 +1,71 @@
+"""Helpers for tests: synthesize clips with PyAV, read them back, compare frames."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stream.demo import render_target_frames
+
+
+def write_face_clip(path: Path, *, width: int = 640, height: int = 360, frames: int = 24,
+                    pts: list[int] | None = None, time_base: Fraction = Fraction(1, 30),
+                    audio: bool = True, empty_head: int = 4, empty_tail: int = 4, crf: int = 14) -> Path:
+    """A clip of the astronaut's head moving over a textured background, with frames without a face at both
+    ends; ``pts`` (in ``time_base``) gives a variable frame rate; an AAC tone when ``audio``."""
+    pts = list(range(frames)) if pts is None else pts
+    assert len(pts) == frames
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.time_base = time_base
+        v.codec_context.time_base = time_base
+        v.options = {"crf": str(crf), "preset": "veryfast"}
+        a = None
+        if audio:
+            a = out.add_stream("aac", rate=48000)
+            a.layout = "mono"
+        images = render_target_frames(width, height, frames, empty_head=empty_head, empty_tail=empty_tail)
+        for p, rgb in zip(pts, images, strict=True):
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts, vf.time_base = p, time_base
+            out.mux(v.encode(vf))
+        out.mux(v.encode(None))
+        if a is not None:
+            duration = float((pts[-1] + 1) * time_base)
+            n = int(duration * 48000)
+            tone = (0.2 * np.sin(2 * np.pi * 330 * np.arange(n) / 48000)).astype(np.float32)
+            for start in range(0, n, 1024):
+                chunk = tone[start:start + 1024][None]
+                af = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
+                out.mux(a.encode(af))
+            out.mux(a.encode(None))
+    return path
+
+
+def read_frames(path: Path) -> tuple[list[np.ndarray], list[int | None]]:
+    """All frames as RGB arrays and their pts, in presentation order."""
+    images, pts = [], []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            images.append(f.to_ndarray(format="rgb24"))
+            pts.append(f.pts)
+    return images, pts
+
+
+def packet_summary(path: Path, kind: str) -> list[tuple[int | None, int]]:
+    """(pts, size) of every packet of the first stream of ``kind`` (``audio``/``subtitle``)."""
+    with av.open(str(path)) as c:
+        streams = [s for s in c.streams if s.type == kind]
+        if not streams:
+            return []
+        return [(p.pts, p.size) for p in c.demux(streams[0]) if p.size]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -1,0 +1,145 @@
+"""Pipeline ordering, overlap and shutdown with in-memory tracks and sinks (fakes, not mocks)."""
+
+import asyncio
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from stream.exceptions import EndOfStream, StageError
+from stream.frames import Frame
+from stream.pipeline import run_pipeline
+from stream.tracks import FrameTrack, ProcessorTrack
+
+
+class ListSource(FrameTrack):
+    """Frames from a list; records whether it was stopped."""
+
+    def __init__(self, n: int) -> None:
+        self.frames = [Frame(index=i, image=np.full((4, 4, 3), i % 256, np.uint8), pts=i * 1001,
+                             time_base=Fraction(1, 30000)) for i in range(n)]
+        self.stopped = 0
+
+    async def recv(self) -> Frame:
+        if self.stopped or not self.frames:
+            raise EndOfStream
+        await asyncio.sleep(0)
+        return self.frames.pop(0)
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.closed = False
+        self.aborted = 0
+
+    async def write(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    async def close(self) -> int:
+        self.closed = True
+        return len(self.frames)
+
+    async def abort(self) -> None:
+        self.aborted += 1
+        self.frames.clear()
+
+
+def jittery(frame: Frame) -> Frame:
+    # Uneven per-frame work: order must still be preserved.
+    time.sleep(0.002 * (frame.index % 3))
+    frame.image = frame.image + 1
+    frame.modified = True
+    return frame
+
+
+async def test_frames_leave_in_order_with_timestamps_untouched():
+    src = ListSource(40)
+    expected = [(f.index, f.pts) for f in src.frames]
+    track = ProcessorTrack(ProcessorTrack(src, jittery, name="a"), jittery, name="b", queue_size=2)
+    sink = MemorySink()
+    stats = await run_pipeline(track, sink)
+    assert [(f.index, f.pts) for f in sink.frames] == expected
+    assert all(int(f.image[0, 0, 0]) == (f.index + 2) % 256 for f in sink.frames)
+    assert sink.closed and stats.frames == 40 and stats.modified_frames == 40
+    assert set(stats.step_seconds) >= {"a", "b"}
+
+
+async def test_steps_overlap_across_frames():
+    """Two steps on their own threads: step b of frame N runs while step a works on frame N+1."""
+    active: set[str] = set()
+    overlaps = 0
+    lock = threading.Lock()
+
+    def step(name: str):
+        def fn(frame: Frame) -> Frame:
+            nonlocal overlaps
+            with lock:
+                active.add(name)
+                overlaps += len(active) > 1
+            time.sleep(0.01)
+            with lock:
+                active.discard(name)
+            return frame
+        return fn
+
+    track = ProcessorTrack(ProcessorTrack(ListSource(12), step("a"), name="a"), step("b"), name="b")
+    await run_pipeline(track, MemorySink())
+    assert overlaps > 0
+
+
+async def test_failing_stage_shuts_everything_down_cleanly():
+    src = ListSource(50)
+
+    def buggy(frame: Frame) -> Frame:
+        if frame.index == 7:
+            raise ValueError("bad pixel")
+        return frame
+
+    track = ProcessorTrack(ProcessorTrack(src, buggy, name="buggy"), jittery, name="after")
+    sink = MemorySink()
+    with pytest.raises(StageError, match=r"'buggy' failed at frame 7: ValueError: bad pixel"):
+        await run_pipeline(track, sink)
+    assert sink.aborted == 1 and not sink.closed and sink.frames == []
+    assert src.stopped >= 1
+    # No worker task is left running.
+    await asyncio.sleep(0)
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("facestream-")]
+    assert all(t.done() for t in leftovers)
+
+
+async def test_cancelled_run_aborts_sink():
+    src = ListSource(10_000)
+
+    def slow(frame: Frame) -> Frame:
+        time.sleep(0.001)
+        return frame
+
+    sink = MemorySink()
+    task = asyncio.create_task(run_pipeline(ProcessorTrack(src, slow, name="slow"), sink))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.aborted == 1 and src.stopped >= 1
+
+
+async def test_keep_latest_processor_drops_under_slow_consumer():
+    track = ProcessorTrack(ListSource(30), lambda f: f, name="fast", queue_size=1, policy="keep_latest")
+    got = []
+    while True:
+        try:
+            frame = await track.recv()
+        except EndOfStream:
+            break
+        got.append(frame.index)
+        await asyncio.sleep(0.005)
+    track.stop()
+    track.stop()  # idempotent
+    assert got == sorted(got) and got[-1] == 29
+    assert track.dropped > 0 and len(got) + track.dropped == 30

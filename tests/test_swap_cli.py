@@ -1,0 +1,200 @@
+"""`facestream swap` end to end: real media made with PyAV, real MediaPipe, the real CLI process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from stream.demo import sample_faces
+from tests.mediautil import packet_summary, psnr, read_frames, write_face_clip
+
+
+def facestream(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    _, hopper = sample_faces()
+    # Variable frame rate: irregular gaps between timestamps.
+    rng = np.random.default_rng(3)
+    vfr_pts = np.cumsum(rng.integers(800, 2600, size=24)).tolist()
+    return {
+        "source": Path(hopper),
+        "cfr": write_face_clip(d / "cfr.mp4"),
+        "vfr": write_face_clip(d / "vfr.mkv", pts=vfr_pts, time_base=Fraction(1, 48000)),
+    }
+
+
+@pytest.fixture(scope="module")
+def swapped(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("out")
+    out, report = d / "out.mp4", d / "report.json"
+    before = sha256(media["cfr"])
+    r = facestream("swap", "--source", media["source"], media["cfr"], "-o", out, "--report", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert sha256(media["cfr"]) == before, "the input must never be touched"
+    return {"out": out, "report": json.loads(report.read_text()), "stderr": r.stderr, "dir": d}
+
+
+def test_every_frame_and_timestamp_survive(media, swapped):
+    (_, pts_in), (_, pts_out) = read_frames(media["cfr"]), read_frames(swapped["out"])
+    assert pts_out == pts_in
+    assert swapped["report"]["frames"] == len(pts_in)
+
+
+def test_audio_is_copied_not_reencoded(media, swapped):
+    audio_in = packet_summary(media["cfr"], "audio")
+    assert audio_in, "fixture must have audio"
+    assert packet_summary(swapped["out"], "audio") == audio_in
+
+
+def test_output_is_tagged_synthetic(swapped):
+    with av.open(str(swapped["out"])) as c:
+        tags = {k.lower(): v for k, v in c.metadata.items()}
+    assert tags.get("synthetic") == "true"
+    assert "facestream" in tags.get("comment", "").lower() or "facestream" in tags
+
+
+def test_frames_without_a_face_are_unchanged_beyond_encoding(media, swapped):
+    frames_in, _ = read_frames(media["cfr"])
+    frames_out, _ = read_frames(swapped["out"])
+    report = swapped["report"]
+    assert report["frames_without_face"] >= 8  # 4 empty frames at each end
+    for i in [0, 1, 2, 3, len(frames_in) - 1]:
+        assert psnr(frames_in[i], frames_out[i]) >= 38.0, f"frame {i}"
+
+
+def _aligned_gray(image: np.ndarray) -> np.ndarray | None:
+    """The face of ``image`` aligned on eye/mouth landmarks to a 128x128 grey crop (None: no face)."""
+    from stream.tracking import detect_faces
+
+    faces = detect_faces(image, max_faces=1)
+    if not faces:
+        return None
+    lm = faces[0].landmarks[:, :2]
+    # Eye corners and mouth corners of the MediaPipe mesh -> fixed positions in the crop.
+    src = np.float32([lm[33], lm[263], lm[61], lm[291]])
+    dst = np.float32([[40, 50], [88, 50], [46, 96], [82, 96]])
+    m, _ = cv2.estimateAffinePartial2D(src, dst)
+    crop = cv2.warpAffine(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), m, (128, 128))
+    return crop.astype(np.float32)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    # Inner face only (eyes, nose, mouth): the region the swap replaces.
+    a, b = a[36:112, 28:100], b[36:112, 28:100]
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_face_looks_like_the_source_and_the_rest_is_unchanged(media, swapped):
+    frames_in, _ = read_frames(media["cfr"])
+    frames_out, _ = read_frames(swapped["out"])
+    src_img = cv2.cvtColor(cv2.imread(str(media["source"])), cv2.COLOR_BGR2RGB)
+    src_crop = _aligned_gray(src_img)
+    assert src_crop is not None
+    wins = 0
+    checked = 0
+    for i in range(6, len(frames_in) - 6, 3):
+        out_crop, tgt_crop = _aligned_gray(frames_out[i]), _aligned_gray(frames_in[i])
+        assert out_crop is not None and tgt_crop is not None, f"face lost in frame {i}"
+        checked += 1
+        wins += _ncc(out_crop, src_crop) > _ncc(out_crop, tgt_crop)
+        # Outside a generous box around the target face, the frame is unchanged beyond encoding.
+        from stream.tracking import detect_faces
+
+        x0, y0, x1, y1 = detect_faces(frames_in[i], max_faces=1)[0].bbox
+        w, h = x1 - x0, y1 - y0
+        mask = np.ones(frames_in[i].shape[:2], bool)
+        mask[max(0, int(y0 - h)):int(y1 + h), max(0, int(x0 - w)):int(x1 + w)] = False
+        assert psnr(frames_in[i][mask], frames_out[i][mask]) >= 38.0, f"frame {i} changed outside the face"
+    assert checked >= 3 and wins == checked, f"output resembled the source in {wins}/{checked} frames"
+
+
+def test_variable_frame_rate_survives(media, tmp_path):
+    out = tmp_path / "vfr_out.mkv"
+    r = facestream("swap", "--source", media["source"], media["vfr"], "-o", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    _, pts_in = read_frames(media["vfr"])
+    _, pts_out = read_frames(out)
+    with av.open(str(media["vfr"])) as a, av.open(str(out)) as b:
+        tb_in, tb_out = a.streams.video[0].time_base, b.streams.video[0].time_base
+    assert [p * tb_out for p in pts_out] == [p * tb_in for p in pts_in]
+
+
+def test_faces_largest_and_report(media, swapped, tmp_path):
+    report = swapped["report"]
+    for key in ("frames", "frames_with_faces", "frames_without_face", "ms_per_frame", "fps", "distinct_faces"):
+        assert key in report
+    assert report["frames_with_faces"] >= 12
+    assert {"decode", "track"} <= set(report["ms_per_frame"])
+    out = tmp_path / "largest.mp4"
+    r = facestream("swap", "--source", media["source"], media["cfr"], "-o", out, "--faces", "largest",
+                   "--no-progress")
+    assert r.returncode == 0, r.stderr and out.exists()
+
+
+# ---- bad input: one line, exit code != 0, no traceback, no output, input untouched ----
+
+def _bad_inputs(tmp: Path, media: dict[str, Path]) -> dict[str, tuple[list[str | Path], str]]:
+    text = tmp / "notes.txt"
+    text.write_text("this is not a video\n" * 50)
+    truncated = tmp / "cut.mp4"
+    data = media["cfr"].read_bytes()
+    # Keep the header but drop the end of the file: with moov at the end, the index is gone.
+    truncated.write_bytes(data[: len(data) // 2])
+    noface = tmp / "wall.png"
+    cv2.imwrite(str(noface), np.full((256, 256, 3), 120, np.uint8))
+    broken_img = tmp / "broken.jpg"
+    broken_img.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 40)
+    src = media["source"]
+    return {
+        "missing input": (["--source", src, tmp / "nope.mp4"], "not found"),
+        "missing source": (["--source", tmp / "nope.jpg", media["cfr"]], "not found"),
+        "not a video": (["--source", src, text], "notes.txt"),
+        "truncated mp4": (["--source", src, truncated], "cut.mp4"),
+        "no face in source": (["--source", noface, media["cfr"]], "no face"),
+        "unreadable image": (["--source", broken_img, media["cfr"]], "broken.jpg"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing input", "missing source", "not a video", "truncated mp4",
+                                  "no face in source", "unreadable image"])
+def test_bad_input_gets_one_line_and_no_output(case, media, tmp_path):
+    args, needle = _bad_inputs(tmp_path, media)[case]
+    out = tmp_path / "out.mp4"
+    before = {p: sha256(p) for p in tmp_path.iterdir()}
+    r = facestream("swap", *args, "-o", out, "--no-progress")
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000", "INFO:"))]
+    assert len(lines) == 1 and lines[0].startswith("facestream: error:"), r.stderr
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert {p: sha256(p) for p in tmp_path.iterdir()} == before, "no file created, none changed"
+
+
+def test_output_equal_to_input_is_refused(media, tmp_path):
+    clip = tmp_path / "same.mp4"
+    clip.write_bytes(media["cfr"].read_bytes())
+    before = sha256(clip)
+    r = facestream("swap", "--source", media["source"], clip, "-o", clip, "--no-progress")
+    assert r.returncode != 0 and "same file" in r.stderr and "Traceback" not in r.stderr
+    assert sha256(clip) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]

@@ -111,9 +111,9 @@ class ReconnectPolicy:
 
     initial: float = 0.1
     factor: float = 2.0
-    maximum: float = 1.0
-    """Cap of the delay between attempts; with ``open_timeout`` it bounds how long after the camera
-    returns the stream resumes."""
+    maximum: float = 0.5
+    """Cap of the delay between attempts. A returning camera is reached at most this long after it
+    listens again; its first keyframe (one GOP, typically <= 1 s) and ~0.2 s of setup follow."""
     open_timeout: float = 5.0
     """Seconds to connect and read the stream's header."""
     read_timeout: float = 2.0
@@ -192,8 +192,11 @@ class CaptureSource(FrameTrack):
         options = {}
         fmt = None
         if self.kind == "rtsp":
+            # TCP (no losses, passes NAT), a socket I/O timeout, no input buffering, and a short stream
+            # analysis: the default (~2 s of packets) would double the time to the first frame.
             options = {"rtsp_transport": "tcp", "timeout": str(int(self.policy.read_timeout * 1e6)),
-                       "fflags": "nobuffer", "flags": "low_delay", "max_delay": "200000"}
+                       "fflags": "nobuffer", "flags": "low_delay", "max_delay": "200000",
+                       "analyzeduration": "100000"}
         elif self.kind == "v4l2":
             fmt = "v4l2"
         options.update(self.extra_options)

@@ -149,11 +149,11 @@ class CaptureStats:
 
 
 class CaptureSource(FrameTrack):
-    """Frames of an RTSP URL, a v4l2 device or a real-time-paced file, decoded in a thread.
+    """Frames of an RTSP URL or a v4l2 device, decoded in a thread of its own.
 
-    RTSP runs over TCP with socket timeouts; RTSP and v4l2 reconnect forever with backoff (until
-    :meth:`stop`), a file ends the stream at its end. ``dropped`` counts frames the consumer was too
-    slow to take (keep-latest queue of ``queue_size``).
+    RTSP runs over TCP with socket timeouts; both reconnect with backoff until :meth:`stop`.
+    ``dropped`` counts frames the consumer was too slow to take (keep-latest queue of ``queue_size``).
+    Files are :class:`stream.sources.VideoFileSource` (see :func:`open_input`).
     """
 
     def __init__(
@@ -163,14 +163,12 @@ class CaptureSource(FrameTrack):
         reconnect: ReconnectPolicy | None = None,
         queue_size: int = 1,
         options: dict[str, str] | None = None,
-        realtime: bool = True,
     ) -> None:
         self.spec = spec
         self.kind: InputKind = input_kind(spec)
-        if self.kind == "file" and not Path(spec).is_file():
-            raise InputNotFoundError(f"INPUT not found: {spec} (expected rtsp://..., /dev/videoN or a video file)")
+        if self.kind == "file":
+            raise InputError(f"not a live capture: {spec!r}; expected rtsp://... or /dev/videoN")
         self.policy = reconnect or ReconnectPolicy()
-        self.realtime = realtime
         self.extra_options = dict(options or {})
         self.stats = CaptureStats()
         self._queue: FrameQueue[Frame] = FrameQueue(queue_size, "keep_latest")
@@ -200,13 +198,8 @@ class CaptureSource(FrameTrack):
         elif self.kind == "v4l2":
             fmt = "v4l2"
         options.update(self.extra_options)
-        timeout = (self.policy.open_timeout, self.policy.read_timeout) if self.kind != "file" else None
-        try:
-            container = av.open(self.spec, format=fmt, options=options, timeout=timeout)
-        except av.FFmpegError as exc:
-            if self.kind == "file":
-                raise InputError(f"cannot open INPUT {self.spec}: {exc}") from exc
-            raise
+        timeout = (self.policy.open_timeout, self.policy.read_timeout)
+        container = av.open(self.spec, format=fmt, options=options, timeout=timeout)
         if not container.streams.video:
             container.close()
             raise InputError(f"INPUT has no video stream: {self.spec}")
@@ -243,8 +236,6 @@ class CaptureSource(FrameTrack):
                     self.stats.connected = False
                     with contextlib.suppress(Exception):
                         container.close()
-                if self.kind == "file":
-                    break
                 failed = True
                 attempt = 0 if self._got_frames else attempt + 1
                 self._stop.wait(self.policy.delay(attempt))
@@ -255,25 +246,15 @@ class CaptureSource(FrameTrack):
 
     def _decode(self, container: av.container.InputContainer, after_failure: bool,
                 last_frame_at: float | None) -> bool:
-        """Decode until the stream ends; True when it ended for good (file end or stop)."""
+        """Decode until the stream ends; True when it ended for good (stop)."""
         stream = container.streams.video[0]
         stream.thread_type = "SLICE"  # frame threading would hold frames back
         self._got_frames = False
         self._last_frame_at = last_frame_at
-        start_wall: float | None = None
-        start_pts: float | None = None
         for vf in container.decode(stream):
             if self._stop.is_set():
                 return True
             now = time.monotonic()
-            if self.kind == "file" and self.realtime and vf.pts is not None and vf.time_base is not None:
-                t = float(vf.pts * vf.time_base)
-                if start_wall is None or start_pts is None:
-                    start_wall, start_pts = now, t
-                delay = start_wall + (t - start_pts) - now
-                if delay > 0 and self._stop.wait(delay):
-                    return True
-                now = time.monotonic()
             if not self._got_frames:
                 self._got_frames = True
                 if after_failure:
@@ -283,8 +264,8 @@ class CaptureSource(FrameTrack):
                     logger.info("%s: reconnected", self.spec)
             self._last_frame_at = now
             self._deliver(self._to_frame(vf, now))
-        # A camera's stream "ending" is a failure to recover from; a file's is the end.
-        return self.kind == "file"
+        # A camera's stream "ending" (server hung up) is a failure to recover from.
+        return self._stop.is_set()
 
     def _to_frame(self, vf: av.VideoFrame, now: float) -> Frame:
         t0 = time.perf_counter()
@@ -337,6 +318,29 @@ class CaptureSource(FrameTrack):
         thread = self._thread
         if thread is not None and thread.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, thread.join, self.policy.open_timeout + 1)
+
+
+def open_input(spec: str, *, reconnect: ReconnectPolicy | None = None, queue_size: int = 1) -> FrameTrack:
+    """The live source for ``spec``: :class:`CaptureSource` for ``rtsp://`` and ``/dev/videoN``, a
+    :class:`~stream.sources.VideoFileSource` paced in real time (keep-latest) for a file."""
+    if input_kind(spec) != "file":
+        return CaptureSource(spec, reconnect=reconnect, queue_size=queue_size)
+    from stream.sources import VideoFileSource
+
+    if not Path(spec).is_file():
+        raise InputNotFoundError(f"INPUT not found: {spec} (expected rtsp://..., /dev/videoN or a video file)")
+    return VideoFileSource(spec, realtime=True, queue_size=queue_size)
+
+
+def input_counters(source: FrameTrack) -> dict[str, Any]:
+    """Frames, drops and reconnects of a source made by :func:`open_input`."""
+    if isinstance(source, CaptureSource):
+        st = source.stats
+        return {"frames_in": st.frames, "dropped_in": source.dropped, "reconnects": st.reconnects,
+                "failures": st.failures, "outage_seconds": [round(x, 3) for x in st.outage_seconds],
+                "last_error": st.last_error}
+    return {"frames_in": int(getattr(source, "frames_decoded", 0)), "dropped_in": int(getattr(source, "dropped", 0)),
+            "reconnects": 0, "failures": 0, "outage_seconds": [], "last_error": None}
 
 
 # -- outputs ---------------------------------------------------------------------------------------------
@@ -558,7 +562,7 @@ async def run_live(
     from stream.tracks import ProcessorTrack
 
     loop = asyncio.get_running_loop()
-    source = CaptureSource(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
+    source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
     output = open_output(options.output, fps=options.fps) if options.output else None
     executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-live")
     own_processor = processor is None
@@ -592,7 +596,8 @@ async def run_live(
         if timer is not None:
             timer.cancel()
         await processed.aclose()
-        await source.aclose()
+        if isinstance(source, CaptureSource):
+            await source.aclose()
         if output is not None:
             output_report = await output.close()
         if own_processor:
@@ -600,17 +605,13 @@ async def run_live(
         executor.shutdown(wait=False)
     wall = time.monotonic() - t_start
     p50, p95 = latency.percentiles(50, 95)
-    st = source.stats
+    counters = input_counters(source)
     return {
         "input": options.input,
-        "input_kind": source.kind,
-        "frames_in": st.frames,
+        "input_kind": input_kind(options.input),
+        **counters,
         "frames_out": frames,
-        "dropped": source.dropped + processed.dropped,
-        "reconnects": st.reconnects,
-        "failures": st.failures,
-        "outage_seconds": [round(s, 3) for s in st.outage_seconds],
-        "last_error": st.last_error,
+        "dropped": counters["dropped_in"] + processed.dropped,
         "latency_ms": {"p50": None if p50 is None else round(p50 * 1000, 2),
                        "p95": None if p95 is None else round(p95 * 1000, 2)},
         "fps": round(frames / wall, 2) if wall > 0 else 0.0,

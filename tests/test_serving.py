@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import signal
@@ -18,8 +19,8 @@ import cv2
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
-
 from liveutil import face_frames, free_port
+
 from stream.exceptions import InputError
 from stream.frames import Frame
 from stream.serving.client import PacedVideoTrack, PeerClient
@@ -112,7 +113,7 @@ async def test_round_trip_processes_frames_and_cleans_up(server: FacestreamServe
     assert session_id in server.sessions
     frames = [await client.recv() for _ in range(12)]
     pts = [f.pts for f in frames]
-    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
+    assert all(b > a for a, b in itertools.pairwise(pts)), pts
     last = frames[-1].to_ndarray(format="rgb24")
     assert last.shape == still.shape
     # The face was replaced; the background came back as it was sent (up to VP8's loss).
@@ -282,7 +283,7 @@ async def test_view_mode_watches_the_live_feed(factory: CountingFactory, still: 
         client = PeerClient(srv.url)
         await client.connect(None, mode="view")
         frames = [await client.recv() for _ in range(5)]
-        assert all(b.pts > a.pts for a, b in zip(frames, frames[1:], strict=False))
+        assert all(b.pts > a.pts for a, b in itertools.pairwise(frames))
         corner = frames[-1].to_ndarray(format="rgb24")[2:14, 2:14].mean(axis=(0, 1))
         assert corner[0] > 180 and corner[1] < 90 and corner[2] > 180, corner
         assert feed.viewers == 1
@@ -325,7 +326,7 @@ def test_serve_command_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert healthy, proc.stderr.read() if proc.poll() is not None else "no answer"
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()

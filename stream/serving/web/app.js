@@ -214,6 +214,18 @@
     return { width: vw, height: vh, mean: sum.map((v) => v / n) };
   }
 
+  // The current processed frame as a PNG data URL (tests compare it with what the camera sent).
+  function snapshot() {
+    const video = $("remote");
+    if (!video.videoWidth) return null;
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    return canvas.toDataURL("image/png");
+  }
+  hook.snapshot = snapshot;
+
   $("start").addEventListener("click", () => connect("process"));
   $("watch").addEventListener("click", () => connect("view"));
   $("hangup").addEventListener("click", () => hangUp());

@@ -171,9 +171,9 @@ class FacestreamServer:
 
     async def start(self) -> str:
         """Bind and serve in the background; returns the base URL (with the real port when 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, shutdown_timeout=2.0)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         server = site._server
         port = self.config.port

@@ -121,7 +121,7 @@ def chromium(url: str, user_dir: Path, *extra: str) -> Iterator[tuple[subprocess
     assert binary is not None
     args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--no-first-run", "--no-default-browser-check", "--mute-audio", f"--user-data-dir={user_dir}",
-            "--remote-debugging-port=0", "--remote-allow-origins=*", *extra, url]
+            "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1280,1100", *extra, url]
     env = dict(os.environ)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:

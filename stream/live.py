@@ -67,7 +67,7 @@ class SwapProcessor:
     def __init__(self, source_image: np.ndarray, *, faces: FaceSelection = "largest",
                  blend: str | None = None) -> None:
         from stream.stages import default_chain
-        from stream.tracking import FaceTracker
+        from stream.tracking import FaceTracker, TrackerConfig
 
         bank = source_bank_from_image(source_image)
         kwargs: dict[str, Any] = {"faces": faces}
@@ -75,7 +75,9 @@ class SwapProcessor:
             kwargs["blend"] = blend
         self.chain = default_chain(**kwargs)
         self.chain.set_source(bank)
-        self.tracker = FaceTracker()
+        # Live faces are near the camera: skip the small-face tile scans, and follow one face when only
+        # the largest is swapped; both keep the tracker's share of the latency budget small.
+        self.tracker = FaceTracker(TrackerConfig(max_faces=1 if faces == "largest" else 4, tile_detection=False))
         self._closed = False
 
     def __call__(self, frame: Frame) -> Frame:

@@ -56,6 +56,20 @@ class FrameQueue(Generic[T]):
         self._items.append(item)
         self._changed.set()
 
+    def put_nowait(self, item: T) -> None:
+        """Queue ``item`` without waiting (from a callback, e.g. a decode thread's
+        ``call_soon_threadsafe``): ``keep_latest`` drops the oldest; ``block`` raises ``asyncio.QueueFull``."""
+        if self._end is not None:
+            raise RuntimeError("put_nowait() after finish()")
+        if self.policy == "keep_latest":
+            while len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+        elif len(self._items) >= self.maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        self._changed.set()
+
     def finish(self, error: BaseException | None = None) -> None:
         """Mark the end of the stream; ``get`` raises ``error`` (or :class:`EndOfStream`) once drained."""
         if self._end is None:

@@ -1,0 +1,622 @@
+"""Live inputs and outputs: RTSP cameras, v4l2 devices and real-time files in; recordings, RTSP pushes
+and v4l2 loopback devices out; and the swap processor (face tracker + stage chain) that runs between.
+
+A :class:`CaptureSource` decodes in a thread of its own and hands frames to the event loop through a
+keep-latest queue, so a slow consumer drops frames instead of falling behind the camera. An RTSP or
+v4l2 input that fails (camera restarted, cable pulled, socket timeout) is reopened with exponential
+backoff, capped so that the stream is back within about two seconds of the camera returning.
+
+Live frames are stamped by the capture clock: ``capture_time`` is ``time.monotonic()`` when the frame
+was decoded, and ``pts`` counts 1/90000 s from the first frame, so timestamps stay monotonic across
+reconnects (the camera's own clock restarts with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import av
+import numpy as np
+
+from stream.choices import FaceSelection
+from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFaceError, OutputError
+from stream.frames import Frame, SourceFace
+from stream.queues import FrameQueue
+from stream.tracks import FrameTrack
+
+logger = logging.getLogger(__name__)
+
+LIVE_TIME_BASE = Fraction(1, 90000)
+InputKind = Literal["rtsp", "v4l2", "file"]
+OutputKind = Literal["file", "rtsp", "v4l2"]
+_V4L2 = re.compile(r"^/dev/video\d+$")
+
+
+# -- the processor ---------------------------------------------------------------------------------------
+
+
+def source_bank_from_image(image: np.ndarray) -> Any:
+    """A :class:`~stream.stages.base.SourceBank` of the largest face in ``image`` (RGB uint8)."""
+    from stream.stages.base import SourceBank
+    from stream.tracking import detect_faces
+
+    found = detect_faces(image, max_faces=4)
+    if not found:
+        raise NoFaceError("no face found in the source image")
+    best = max(found, key=lambda f: f.area)
+    return SourceBank([SourceFace(image=image, landmarks=best.landmarks, pose=best.pose)])
+
+
+class SwapProcessor:
+    """Face tracker + weight-free stage chain as one ``Frame -> Frame`` step (a session's processor).
+
+    Stateful (the tracker smooths over frames): call it from one thread, frames in order.
+    """
+
+    def __init__(self, source_image: np.ndarray, *, faces: FaceSelection = "largest",
+                 blend: str | None = None) -> None:
+        from stream.stages import default_chain
+        from stream.tracking import FaceTracker, TrackerConfig
+
+        bank = source_bank_from_image(source_image)
+        kwargs: dict[str, Any] = {"faces": faces}
+        if blend is not None:
+            kwargs["blend"] = blend
+        self.chain = default_chain(**kwargs)
+        self.chain.set_source(bank)
+        # Live faces are near the camera: skip the small-face tile scans, and follow one face when only
+        # the largest is swapped; both keep the tracker's share of the latency budget small.
+        self.tracker = FaceTracker(TrackerConfig(max_faces=1 if faces == "largest" else 4, tile_detection=False))
+        self._closed = False
+
+    def __call__(self, frame: Frame) -> Frame:
+        t0 = time.perf_counter()
+        self.tracker(frame)
+        frame.timings["track"] = time.perf_counter() - t0
+        return self.chain(frame)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.tracker.close()
+        self.chain.close()
+
+
+def swap_processor_factory(*, faces: FaceSelection = "largest",
+                           blend: str | None = None) -> Callable[[np.ndarray], SwapProcessor]:
+    """A :data:`~stream.serving.session.ProcessorFactory` building :class:`SwapProcessor` s."""
+
+    def factory(source_image: np.ndarray) -> SwapProcessor:
+        return SwapProcessor(source_image, faces=faces, blend=blend)
+
+    return factory
+
+
+# -- inputs ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How a live input retries: delays ``initial * factor**n`` capped at ``maximum`` seconds."""
+
+    initial: float = 0.1
+    factor: float = 2.0
+    maximum: float = 0.5
+    """Cap of the delay between attempts. A returning camera is reached at most this long after it
+    listens again; its first keyframe (one GOP, typically <= 1 s) and ~0.2 s of setup follow."""
+    open_timeout: float = 5.0
+    """Seconds to connect and read the stream's header."""
+    read_timeout: float = 2.0
+    """Seconds without data before the connection is declared dead (socket and demuxer)."""
+
+    def delay(self, attempt: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** max(0, attempt))
+
+
+def input_kind(spec: str) -> InputKind:
+    """``rtsp`` for ``rtsp(s)://`` URLs, ``v4l2`` for ``/dev/videoN``, otherwise ``file``."""
+    if spec.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if _V4L2.match(spec):
+        return "v4l2"
+    return "file"
+
+
+@dataclass
+class CaptureStats:
+    """Counters of a live input."""
+
+    frames: int = 0
+    """Frames decoded."""
+    reconnects: int = 0
+    """Successful re-opens after a failure."""
+    failures: int = 0
+    """Opens or reads that failed (each followed by a retry)."""
+    connected: bool = False
+    last_error: str | None = None
+    outage_seconds: list[float] = field(default_factory=list)
+    """For every reconnect: seconds from the last frame before the failure to the first frame after."""
+
+
+class CaptureSource(FrameTrack):
+    """Frames of an RTSP URL or a v4l2 device, decoded in a thread of its own.
+
+    RTSP runs over TCP with socket timeouts; both reconnect with backoff until :meth:`stop`.
+    ``dropped`` counts frames the consumer was too slow to take (keep-latest queue of ``queue_size``).
+    Files are :class:`stream.sources.VideoFileSource` (see :func:`open_input`).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        reconnect: ReconnectPolicy | None = None,
+        queue_size: int = 1,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.kind: InputKind = input_kind(spec)
+        if self.kind == "file":
+            raise InputError(f"not a live capture: {spec!r}; expected rtsp://... or /dev/videoN")
+        self.policy = reconnect or ReconnectPolicy()
+        self.extra_options = dict(options or {})
+        self.stats = CaptureStats()
+        self._queue: FrameQueue[Frame] = FrameQueue(queue_size, "keep_latest")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._t0: float | None = None
+        self._stopped = False
+        self._got_frames = False
+        self._last_frame_at: float | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
+    # -- thread side --
+
+    def _open(self) -> av.container.InputContainer:
+        options = {}
+        fmt = None
+        if self.kind == "rtsp":
+            # TCP (no losses, passes NAT), a socket I/O timeout, no input buffering, and a short stream
+            # analysis: the default (~2 s of packets) would double the time to the first frame.
+            options = {"rtsp_transport": "tcp", "timeout": str(int(self.policy.read_timeout * 1e6)),
+                       "fflags": "nobuffer", "flags": "low_delay", "max_delay": "200000",
+                       "analyzeduration": "100000"}
+        elif self.kind == "v4l2":
+            fmt = "v4l2"
+        options.update(self.extra_options)
+        timeout = (self.policy.open_timeout, self.policy.read_timeout)
+        container = av.open(self.spec, format=fmt, options=options, timeout=timeout)
+        if not container.streams.video:
+            container.close()
+            raise InputError(f"INPUT has no video stream: {self.spec}")
+        return container
+
+    def _run(self) -> None:
+        attempt = 0
+        last_frame_at: float | None = None
+        failed = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    container = self._open()
+                except (av.FFmpegError, OSError) as exc:
+                    self.stats.failures += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.info("%s: open failed (%s); retrying", self.spec, self.stats.last_error)
+                    self._stop.wait(self.policy.delay(attempt))
+                    attempt += 1
+                    failed = True
+                    continue
+                self.stats.connected = True
+                try:
+                    ended = self._decode(container, failed, last_frame_at)
+                    last_frame_at = self._last_frame_at
+                    if ended:
+                        break
+                except (av.FFmpegError, OSError) as exc:
+                    last_frame_at = self._last_frame_at
+                    self.stats.failures += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("%s: stream failed (%s); reconnecting", self.spec, self.stats.last_error)
+                finally:
+                    self.stats.connected = False
+                    with contextlib.suppress(Exception):
+                        container.close()
+                failed = True
+                attempt = 0 if self._got_frames else attempt + 1
+                self._stop.wait(self.policy.delay(attempt))
+            self._deliver(None)
+        except BaseException as exc:  # handed to the consumer
+            logger.error("%s: capture thread failed: %s", self.spec, exc)
+            self._deliver(exc)
+
+    def _decode(self, container: av.container.InputContainer, after_failure: bool,
+                last_frame_at: float | None) -> bool:
+        """Decode until the stream ends; True when it ended for good (stop)."""
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # frame threading would hold frames back
+        self._got_frames = False
+        self._last_frame_at = last_frame_at
+        for vf in container.decode(stream):
+            if self._stop.is_set():
+                return True
+            now = time.monotonic()
+            if not self._got_frames:
+                self._got_frames = True
+                if after_failure:
+                    self.stats.reconnects += 1
+                    if last_frame_at is not None:
+                        self.stats.outage_seconds.append(now - last_frame_at)
+                    logger.info("%s: reconnected", self.spec)
+            self._last_frame_at = now
+            self._deliver(self._to_frame(vf, now))
+        # A camera's stream "ending" (server hung up) is a failure to recover from.
+        return self._stop.is_set()
+
+    def _to_frame(self, vf: av.VideoFrame, now: float) -> Frame:
+        t0 = time.perf_counter()
+        image = np.ascontiguousarray(vf.to_ndarray(format="rgb24"))
+        if self._t0 is None:
+            self._t0 = now
+        frame = Frame(index=self.stats.frames, image=image, pts=round((now - self._t0) * 90000),
+                      time_base=LIVE_TIME_BASE, capture_time=now)
+        frame.timings["decode"] = time.perf_counter() - t0
+        self.stats.frames += 1
+        return frame
+
+    def _deliver(self, item: Frame | BaseException | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed under us
+            loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: Frame | BaseException | None) -> None:
+        if self._queue.finished:
+            return
+        if item is None:
+            self._queue.finish()
+        elif isinstance(item, BaseException):
+            self._queue.finish(item)
+        else:
+            self._queue.put_nowait(item)
+
+    # -- loop side --
+
+    async def recv(self) -> Frame:
+        if self._thread is None and not self._stopped:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, name=f"facestream-capture-{self.kind}",
+                                            daemon=True)
+            self._thread.start()
+        return await self._queue.get()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        self._queue.finish()
+
+    async def aclose(self) -> None:
+        """``stop()`` and wait for the decode thread (at most about ``read_timeout``)."""
+        self.stop()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, self.policy.open_timeout + 1)
+
+
+def open_input(spec: str, *, reconnect: ReconnectPolicy | None = None, queue_size: int = 1) -> FrameTrack:
+    """The live source for ``spec``: :class:`CaptureSource` for ``rtsp://`` and ``/dev/videoN``, a
+    :class:`~stream.sources.VideoFileSource` paced in real time (keep-latest) for a file."""
+    if input_kind(spec) != "file":
+        return CaptureSource(spec, reconnect=reconnect, queue_size=queue_size)
+    from stream.sources import VideoFileSource
+
+    if not Path(spec).is_file():
+        raise InputNotFoundError(f"INPUT not found: {spec} (expected rtsp://..., /dev/videoN or a video file)")
+    return VideoFileSource(spec, realtime=True, queue_size=queue_size)
+
+
+def input_counters(source: FrameTrack) -> dict[str, Any]:
+    """Frames, drops and reconnects of a source made by :func:`open_input`."""
+    if isinstance(source, CaptureSource):
+        st = source.stats
+        return {"frames_in": st.frames, "dropped_in": source.dropped, "reconnects": st.reconnects,
+                "failures": st.failures, "outage_seconds": [round(x, 3) for x in st.outage_seconds],
+                "last_error": st.last_error}
+    return {"frames_in": int(getattr(source, "frames_decoded", 0)), "dropped_in": int(getattr(source, "dropped", 0)),
+            "reconnects": 0, "failures": 0, "outage_seconds": [], "last_error": None}
+
+
+# -- outputs ---------------------------------------------------------------------------------------------
+
+
+class LiveOutput(Protocol):
+    """Where ``facestream live`` sends processed frames."""
+
+    async def write(self, frame: Frame) -> None: ...
+
+    async def close(self) -> dict[str, Any]: ...
+
+
+def output_kind(spec: str) -> OutputKind:
+    """``rtsp`` for ``rtsp://`` URLs (push), ``v4l2`` for ``/dev/videoN`` (loopback), else ``file``."""
+    if spec.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if _V4L2.match(spec):
+        return "v4l2"
+    return "file"
+
+
+class EncodedOutput:
+    """A recording file or an RTSP push, H.264 tuned for latency, encoded on a thread of its own.
+
+    Opened at the first frame (its size fixes the stream's); timestamps come from the frames'
+    ``pts`` (the capture clock), so dropped frames show as gaps in time, not as a faster video.
+    """
+
+    def __init__(self, target: str, *, fps: float = 30.0, kind: OutputKind = "file", crf: int = 23,
+                 metadata: dict[str, str] | None = None) -> None:
+        self.target = target
+        self.kind = kind
+        self.fps = fps
+        self.crf = crf
+        self.metadata = metadata or {}
+        if kind == "file":
+            parent = Path(target).resolve().parent
+            if not parent.is_dir():
+                raise OutputError(f"OUTPUT directory does not exist: {parent}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-output")
+        self._container: Any = None
+        self._stream: Any = None
+        self._last_pts = -1
+        self.frames = 0
+
+    def _open(self, frame: Frame) -> None:
+        fmt = "rtsp" if self.kind == "rtsp" else None
+        options = {"rtsp_transport": "tcp"} if self.kind == "rtsp" else {}
+        try:
+            self._container = av.open(self.target, "w", format=fmt, options=options)
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot open OUTPUT {self.target}: {exc}") from exc
+        for k, v in self.metadata.items():
+            self._container.metadata[k] = v
+        stream = self._container.add_stream("libx264", rate=round(self.fps))
+        stream.width, stream.height = frame.width - frame.width % 2, frame.height - frame.height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(self.crf)}
+        self._stream = stream
+
+    def _write(self, frame: Frame) -> None:
+        if self._container is None:
+            self._open(frame)
+        image = frame.image[: self._stream.height, : self._stream.width]
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
+        pts = max(pts, self._last_pts + 1)
+        self._last_pts = pts
+        vf.pts, vf.time_base = pts, Fraction(1, 1000)
+        try:
+            self._container.mux(self._stream.encode(vf))
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(f"writing OUTPUT {self.target} failed: {exc}") from exc
+        self.frames += 1
+
+    def _close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            self._container.mux(self._stream.encode(None))
+        except (av.FFmpegError, OSError) as exc:
+            logger.warning("flushing %s failed: %s", self.target, exc)
+        finally:
+            self._container.close()
+            self._container = None
+
+    async def write(self, frame: Frame) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._write, frame)
+
+    async def close(self) -> dict[str, Any]:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        finally:
+            self._executor.shutdown(wait=False)
+        return {"output": self.target, "kind": self.kind, "frames": self.frames}
+
+
+class VirtualCameraOutput:
+    """A v4l2 loopback device (``/dev/videoN`` of v4l2loopback) through pyvirtualcam, opened at the
+    first frame. pyvirtualcam is optional: ``pip install 'facestream[virtualcam]'``."""
+
+    def __init__(self, device: str, *, fps: float = 30.0) -> None:
+        try:
+            import pyvirtualcam
+        except ImportError as exc:
+            raise OutputError(f"OUTPUT {device} needs pyvirtualcam: pip install 'facestream[virtualcam]'") from exc
+        self._pyvirtualcam = pyvirtualcam
+        self.device = device
+        self.fps = fps
+        self._camera: Any = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-vcam")
+        self.frames = 0
+
+    def _write(self, frame: Frame) -> None:
+        if self._camera is None:
+            try:
+                self._camera = self._pyvirtualcam.Camera(frame.width, frame.height, self.fps, device=self.device)
+            except Exception as exc:  # pyvirtualcam raises RuntimeError for a missing loopback device
+                raise OutputError(f"cannot open virtual camera {self.device}: {exc}") from exc
+        self._camera.send(frame.image)
+        self.frames += 1
+
+    async def write(self, frame: Frame) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._write, frame)
+
+    async def close(self) -> dict[str, Any]:
+        if self._camera is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._camera.close)
+        self._executor.shutdown(wait=False)
+        return {"output": self.device, "kind": "v4l2", "frames": self.frames}
+
+
+def open_output(spec: str, *, fps: float = 30.0, metadata: dict[str, str] | None = None) -> LiveOutput:
+    """The :class:`LiveOutput` for ``spec``: a recording file, an ``rtsp://`` push or ``/dev/videoN``."""
+    kind = output_kind(spec)
+    if kind == "v4l2":
+        return VirtualCameraOutput(spec, fps=fps)
+    return EncodedOutput(spec, fps=fps, kind=kind, metadata=metadata)
+
+
+# -- the live run ----------------------------------------------------------------------------------------
+
+
+async def pump(track: FrameTrack, on_frame: Callable[[Frame], Any], stop: asyncio.Event | None = None) -> int:
+    """Pull ``track`` until it ends or ``stop`` is set, awaiting ``on_frame`` (sync or async) per frame;
+    returns the number of frames."""
+    n = 0
+    stop_wait = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        while True:
+            recv = asyncio.ensure_future(track.recv())
+            waiters = {recv} if stop_wait is None else {recv, stop_wait}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if recv not in done:
+                recv.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EndOfStream):
+                    await recv
+                return n
+            try:
+                frame = recv.result()
+            except EndOfStream:
+                return n
+            result = on_frame(frame)
+            if asyncio.iscoroutine(result):
+                await result
+            n += 1
+    finally:
+        if stop_wait is not None:
+            stop_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop_wait
+
+
+def load_face_image(path: Path) -> np.ndarray:
+    """The source face image at ``path`` as (H, W, 3) uint8 RGB."""
+    from stream.serving.faces import decode_image
+
+    if not path.is_file():
+        raise InputNotFoundError(f"SOURCE not found: {path}")
+    return decode_image(path.read_bytes())
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """One ``facestream live`` run."""
+
+    source: Path
+    """Image of the face to put in (PNG or JPEG)."""
+    input: str
+    """``rtsp://`` URL, ``/dev/videoN`` or a video file (paced in real time)."""
+    output: str | None = None
+    """Recording file, ``rtsp://`` push URL or ``/dev/videoN`` loopback; None: no output."""
+    faces: FaceSelection = "largest"
+    fps: float = 30.0
+    """Nominal output rate (encoders need one; timestamps follow the capture clock)."""
+    duration: float | None = None
+    """Stop after this many seconds (None: until stopped)."""
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    queue_size: int = 1
+
+
+async def run_live(
+    options: LiveOptions,
+    *,
+    processor: Any = None,
+    stop: asyncio.Event | None = None,
+    on_frame: Callable[[Frame, float], None] | None = None,
+) -> dict[str, Any]:
+    """Capture -> process (keep-latest) -> output until the input ends, ``stop`` is set or
+    ``options.duration`` passes; returns a report (frames, drops, reconnects, latency p50/p95).
+
+    ``processor`` defaults to a :class:`SwapProcessor` of ``options.source``; ``on_frame(frame,
+    latency)`` sees every processed frame (metrics, a :class:`~stream.serving.feed.LiveFeed`).
+    """
+    from stream.serving.metrics import LatencyWindow, RateMeter
+    from stream.tracks import ProcessorTrack
+
+    loop = asyncio.get_running_loop()
+    source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
+    output = open_output(options.output, fps=options.fps) if options.output else None
+    executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-live")
+    own_processor = processor is None
+    if processor is None:
+        image = await loop.run_in_executor(executor, load_face_image, options.source)
+        processor = await loop.run_in_executor(executor, swap_processor_factory(faces=options.faces), image)
+    processed = ProcessorTrack(source, processor, name="process", queue_size=options.queue_size,
+                               policy="keep_latest", executor=executor)
+    latency = LatencyWindow(100_000)
+    rate = RateMeter()
+    stop = stop or asyncio.Event()
+    timer = loop.call_later(options.duration, stop.set) if options.duration else None
+    t_start = time.monotonic()
+    frames = 0
+
+    async def handle(frame: Frame) -> None:
+        nonlocal frames
+        frames += 1
+        lat = time.monotonic() - frame.capture_time
+        latency.add(lat)
+        rate.tick()
+        if on_frame is not None:
+            on_frame(frame, lat)
+        if output is not None:
+            await output.write(frame)
+
+    output_report: dict[str, Any] | None = None
+    try:
+        await pump(processed, handle, stop)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        await processed.aclose()
+        if isinstance(source, CaptureSource):
+            await source.aclose()
+        if output is not None:
+            output_report = await output.close()
+        if own_processor:
+            await loop.run_in_executor(executor, processor.close)
+        executor.shutdown(wait=False)
+    wall = time.monotonic() - t_start
+    p50, p95 = latency.percentiles(50, 95)
+    counters = input_counters(source)
+    return {
+        "input": options.input,
+        "input_kind": input_kind(options.input),
+        **counters,
+        "frames_out": frames,
+        "dropped": counters["dropped_in"] + processed.dropped,
+        "latency_ms": {"p50": None if p50 is None else round(p50 * 1000, 2),
+                       "p95": None if p95 is None else round(p95 * 1000, 2)},
+        "fps": round(frames / wall, 2) if wall > 0 else 0.0,
+        "wall_seconds": round(wall, 3),
+        "output": output_report,
+    }

@@ -1,0 +1,772 @@
+"""Face tracking: MediaPipe full-range detection, per-face mesh on a rotated crop, One-Euro smoothing.
+
+How a frame is processed (:meth:`FaceTracker.track`):
+
+1. **Mesh each live track.** The region of interest (ROI) for a face is a square around its previous
+   raw landmarks, rotated so the eyes are level (so tilted and display-rotated faces reach the network
+   upright), 1.5x the landmarks' extent. Only the axis-aligned box around that ROI is copied out of the
+   frame; MediaPipe's landmark network (``face_landmark_with_attention.tflite``, 478 points with irises)
+   runs on it through a small graph of MediaPipe calculators that also returns the network's
+   face-presence score. No whole-frame copy is made on these frames.
+2. **Re-find lost faces.** A track whose presence score drops is looked for at once by the detector in
+   a region around its last position; found, it keeps its id (its smoothing restarts), otherwise the
+   track ends.
+3. **Detect new faces**, with MediaPipe's *full-range* detector
+   (``FaceDetection(model_selection=1)``). A scan covers the whole frame, shrunk, and then overlapping
+   square tiles of it, because the detector sees a 192x192 letterbox: a 60-pixel face in a 1280x720
+   frame is 9 pixels there, too small even for the full-range model, and is missed entirely by the
+   short-range model that MediaPipe's ``FaceMesh`` uses. One region is detected per frame, so no frame
+   pays for more than one detector run. A scan starts every ``detect_every`` frames while there is room
+   for more faces, and back to back while none is tracked. Detections over a tracked face are ignored;
+   the rest start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and
+   eyes and is refined once from the mesh.
+4. **Smooth** each track's landmarks with a One-Euro filter driven by the frame timestamps
+   (:mod:`stream.filters`), and estimate **head pose** from the smoothed mesh (:mod:`stream.pose`).
+
+Track ids count up from 0 and are never reused within a tracker's life (:meth:`FaceTracker.reset`
+does not rewind them). Landmarks are in *stored* pixels; ``rotation`` is the display rotation (degrees
+counter-clockwise, as PyAV's ``VideoFrame.rotation``), which only decides what "upright" means for the
+detector and for the head-pose angles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from stream.exceptions import InputError
+from stream.filters import OneEuroConfig, OneEuroFilter
+from stream.frames import Frame, TrackedFace
+from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FaceTracker", "TrackerConfig", "benchmark_tracker", "detect_faces"]
+
+NUM_LANDMARKS = 478
+_RIGHT_EYE_OUTER, _LEFT_EYE_OUTER = 33, 263  # subject's right eye is on the image's left
+_ROI_SCALE = 1.5  # ROI side relative to the face's extent, as MediaPipe's own face-mesh graph uses
+_DETECT_SIDE = 320  # regions are shrunk to about this side (at least) before the 192x192 detector
+_ROTATIONS = (0, 90, 180, 270)
+_CV_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """How faces are found, followed and smoothed."""
+
+    max_faces: int = 4
+    """Most faces tracked at once; further detections are ignored (largest faces are kept)."""
+    detect_every: int = 10
+    """Run the detector every this many frames (and whenever no face or a lost face needs it) so that
+    new faces appear; between detections faces are followed by their mesh alone."""
+    min_detection_confidence: float = 0.5
+    """Detector score in [0, 1] below which a detection is ignored."""
+    min_presence: float = 0.5
+    """Face-presence score of the landmark network in [0, 1] below which a track counts as lost."""
+    min_face_px: float = 24.0
+    """Smallest face (height of the landmarks' box, stored pixels) that is detected or kept tracked."""
+    smoothing: OneEuroConfig | None = field(default_factory=OneEuroConfig)
+    """One-Euro parameters for the landmarks (speed measured in face heights per second); None turns
+    smoothing off."""
+    refine_landmarks: bool = True
+    """Use the attention mesh model (478 points, accurate lips, eyes and irises). False runs the
+    faster 468-point model and places the 10 iris points from the eye contours."""
+    tile_detection: bool = True
+    """Also run the detector on overlapping square tiles of the frame, which finds faces down to
+    ~50 px tall in 720p (~80 px without) at the cost of two more detector runs per scan (one per frame)."""
+    match_iou: float = 0.3
+    """Intersection-over-union above which a detection is taken to be an already tracked face."""
+
+    def __post_init__(self) -> None:
+        if self.max_faces < 1:
+            raise InputError(f"max_faces must be >= 1; got {self.max_faces!r}")
+        if self.detect_every < 1:
+            raise InputError(f"detect_every must be >= 1 (frames); got {self.detect_every!r}")
+        for name in ("min_detection_confidence", "min_presence", "match_iou"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be in [0, 1]; got {value!r}")
+        if self.min_face_px < 0:
+            raise InputError(f"min_face_px must be >= 0; got {self.min_face_px!r}")
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+@dataclass(frozen=True)
+class _Roi:
+    """A rotated square in stored pixels: centre, side and rotation (radians, clockwise in the image)."""
+
+    cx: float
+    cy: float
+    size: float
+    angle: float
+
+    def bounds(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """Axis-aligned pixel box holding the rotated square, clipped to the image; None if outside."""
+        half = self.size / 2 * (abs(math.cos(self.angle)) + abs(math.sin(self.angle)))
+        x0, y0 = max(0, math.floor(self.cx - half)), max(0, math.floor(self.cy - half))
+        x1, y1 = min(width, math.ceil(self.cx + half)), min(height, math.ceil(self.cy + half))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return None
+        return x0, y0, x1, y1
+
+
+def _roi_from_landmarks(points: np.ndarray) -> _Roi:
+    """ROI around a mesh (stored pixels): eyes level, square, ``_ROI_SCALE`` x its extent."""
+    d = points[_LEFT_EYE_OUTER, :2] - points[_RIGHT_EYE_OUTER, :2]
+    angle = math.atan2(float(d[1]), float(d[0]))
+    c, s = math.cos(angle), math.sin(angle)
+    # Extent in the face's own (eyes-level) axes, then back to the image.
+    xy = points[:, :2].astype(np.float64)
+    u = xy @ np.array([c, s])
+    v = xy @ np.array([-s, c])
+    u0, u1, v0, v1 = u.min(), u.max(), v.min(), v.max()
+    uc, vc = (u0 + u1) / 2, (v0 + v1) / 2
+    return _Roi(uc * c - vc * s, uc * s + vc * c, max(u1 - u0, v1 - v0) * _ROI_SCALE, angle)
+
+
+def _bbox(points: np.ndarray) -> tuple[float, float, float, float]:
+    x0, y0 = points[:, :2].min(axis=0)
+    x1, y1 = points[:, :2].max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _check_rotation(rotation: int) -> int:
+    r = int(rotation) % 360
+    if r not in _ROTATIONS:
+        raise InputError(f"rotation must be one of 0, 90, 180, 270 degrees; got {rotation!r}")
+    return r
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8):
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", None)
+        raise InputError(f"image must be an (H, W, 3) uint8 RGB array; got shape {shape} dtype {dtype}")
+
+
+def _affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+# --------------------------------------------------------------------------- MediaPipe graphs
+
+# Landmark network on an image + ROI; also returns the face-presence score, which MediaPipe's own
+# FaceLandmarkCpu subgraph only uses to gate its output. Built from MediaPipe's calculators.
+_MESH_GRAPH = """
+input_stream: "image"
+input_stream: "roi"
+input_side_packet: "with_attention"
+output_stream: "landmarks"
+output_stream: "presence"
+node {{
+  calculator: "ImageToTensorCalculator"
+  input_stream: "IMAGE:image"
+  input_stream: "NORM_RECT:roi"
+  output_stream: "TENSORS:input_tensors"
+  options {{ [mediapipe.ImageToTensorCalculatorOptions.ext] {{
+    output_tensor_width: 192 output_tensor_height: 192
+    output_tensor_float_range {{ min: 0.0 max: 1.0 }}
+    border_mode: BORDER_REPLICATE
+  }} }}
+}}
+node {{
+  calculator: "FaceLandmarksModelLoader"
+  input_side_packet: "WITH_ATTENTION:with_attention"
+  output_side_packet: "MODEL:model"
+}}
+node {{ calculator: "TfLiteCustomOpResolverCalculator" output_side_packet: "OP_RESOLVER:op_resolver" }}
+node {{
+  calculator: "InferenceCalculator"
+  input_stream: "TENSORS:input_tensors"
+  input_side_packet: "MODEL:model"
+  input_side_packet: "OP_RESOLVER:op_resolver"
+  output_stream: "TENSORS:output_tensors"
+  options {{ [mediapipe.InferenceCalculatorOptions.ext] {{ delegate {{ xnnpack {{}} }} }} }}
+}}
+node {{
+  calculator: "SplitTensorVectorCalculator"
+  input_stream: "output_tensors"
+  output_stream: "landmark_tensors"
+  output_stream: "presence_tensor"
+  options {{ [mediapipe.SplitVectorCalculatorOptions.ext] {{
+    ranges: {{ begin: 0 end: {n_landmark_tensors} }}
+    ranges: {{ begin: {n_landmark_tensors} end: {n_tensors} }}
+  }} }}
+}}
+node {{
+  calculator: "TensorsToFloatsCalculator"
+  input_stream: "TENSORS:presence_tensor"
+  output_stream: "FLOAT:presence"
+  options {{ [mediapipe.TensorsToFloatsCalculatorOptions.ext] {{ activation: SIGMOID }} }}
+}}
+node {{
+  calculator: "{decoder}"
+  input_stream: "TENSORS:landmark_tensors"
+  output_stream: "LANDMARKS:roi_landmarks"
+}}
+node {{
+  calculator: "LandmarkProjectionCalculator"
+  input_stream: "NORM_LANDMARKS:roi_landmarks"
+  input_stream: "NORM_RECT:roi"
+  output_stream: "NORM_LANDMARKS:landmarks"
+}}
+"""
+
+_mp_lock = threading.Lock()
+
+
+def _mediapipe() -> Any:
+    """Import MediaPipe once and point its resource loader at the installed package (the models)."""
+    with _mp_lock:
+        import mediapipe as mp
+        from mediapipe.python._framework_bindings import resource_util
+
+        resource_util.set_resource_dir(os.path.dirname(os.path.dirname(os.path.abspath(mp.__file__))))
+        return mp
+
+
+class _MeshRunner:
+    """One MediaPipe graph running the landmark network on (image, ROI) pairs."""
+
+    def __init__(self, refine: bool) -> None:
+        from google.protobuf import text_format
+        from mediapipe.framework import calculator_pb2
+
+        mp = _mediapipe()
+        self._mp = mp
+        from mediapipe.framework.formats import rect_pb2
+
+        self._rect = rect_pb2.NormalizedRect
+        self.refine = refine
+        text = _MESH_GRAPH.format(
+            n_landmark_tensors=6 if refine else 1, n_tensors=7 if refine else 2,
+            decoder="TensorsToFaceLandmarksWithAttention" if refine else "TensorsToFaceLandmarks")
+        config = text_format.Parse(text, calculator_pb2.CalculatorGraphConfig())
+        self._graph = mp.CalculatorGraph(graph_config=config)
+        self._out: dict[str, dict[int, Any]] = {"landmarks": {}, "presence": {}}
+        self._graph.observe_output_stream("landmarks", self._observe)
+        self._graph.observe_output_stream("presence", self._observe)
+        self._graph.start_run({"with_attention": mp.packet_creator.create_bool(refine)})
+        self._ts = 0
+        self._closed = False
+
+    def _observe(self, stream: str, packet: Any) -> None:
+        getter = self._mp.packet_getter
+        value = getter.get_proto(packet) if stream == "landmarks" else getter.get_float(packet)
+        self._out[stream][packet.timestamp.value] = value
+
+    def run(self, image: np.ndarray, rois: list[_Roi]) -> list[tuple[np.ndarray | None, float]]:
+        """Landmarks ``(478, 3)`` in ``image`` pixels (None when nothing came back) and presence per ROI."""
+        mp = self._mp
+        h, w = image.shape[:2]
+        stamps: list[int | None] = []
+        boxes: dict[int, tuple[int, int, int, int]] = {}
+        for roi in rois:
+            box = roi.bounds(w, h)
+            if box is None:
+                stamps.append(None)
+                continue
+            x0, y0, x1, y1 = box
+            # Only the ROI's box is copied (the packet needs contiguous memory), never the frame.
+            crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+            cw, ch = x1 - x0, y1 - y0
+            rect = self._rect(x_center=(roi.cx - x0) / cw, y_center=(roi.cy - y0) / ch,
+                              width=roi.size / cw, height=roi.size / ch, rotation=roi.angle)
+            self._ts += 1
+            ts = self._ts
+            packet = mp.packet_creator.create_image_frame(image_format=mp.ImageFormat.SRGB, data=crop)
+            self._graph.add_packet_to_input_stream("image", packet.at(ts), ts)
+            self._graph.add_packet_to_input_stream("roi", mp.packet_creator.create_proto(rect).at(ts), ts)
+            stamps.append(ts)
+            boxes[ts] = (x0, y0, cw, ch)  # maps crop-normalised landmarks back to frame pixels
+        if any(s is not None for s in stamps):
+            self._graph.wait_until_idle()
+        results: list[tuple[np.ndarray | None, float]] = []
+        for ts in stamps:
+            if ts is None:
+                results.append((None, 0.0))
+                continue
+            x0, y0, cw, ch = boxes[ts]
+            lm = self._out["landmarks"].pop(ts, None)
+            presence = float(self._out["presence"].pop(ts, 0.0))
+            if lm is None:
+                results.append((None, presence))
+                continue
+            pts = np.array([(p.x, p.y, p.z) for p in lm.landmark], dtype=np.float32)
+            pts[:, 0] = pts[:, 0] * cw + x0
+            pts[:, 1] = pts[:, 1] * ch + y0
+            pts[:, 2] *= cw  # MediaPipe's z is normalised by the image width, like x
+            if not self.refine:
+                pts = _add_irises(pts)
+            results.append((pts, presence))
+        return results
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._graph.close()
+        except Exception:  # a failed graph has nothing more to release
+            logger.debug("closing the mesh graph failed", exc_info=True)
+
+
+# Eye contours of the 468-point mesh (subject's right / left eye) and the iris point order of the
+# 478-point mesh (centre, then four boundary points); see _add_irises.
+_RIGHT_EYE_RING = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+_LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+
+
+def _add_irises(points: np.ndarray) -> np.ndarray:
+    """Extend a 468-point mesh to 478 points with irises estimated from the eye contours.
+
+    Iris centre = mean of the eye's contour; the four boundary points lie a radius of 0.2 eye widths
+    away along the eye's axis and its normal (the 478-point model's order: lateral, upper, medial,
+    lower for the subject's right eye; the left eye mirrors it).
+    """
+    out = np.empty((NUM_LANDMARKS, 3), dtype=np.float32)
+    out[:468] = points
+    for base, ring, outer, inner in ((468, _RIGHT_EYE_RING, 33, 133), (473, _LEFT_EYE_RING, 263, 362)):
+        centre = points[list(ring)].mean(axis=0)
+        axis = points[inner] - points[outer]
+        width = float(np.linalg.norm(axis[:2])) or 1.0
+        ax = axis / width
+        normal = np.array([-ax[1], ax[0], 0.0], dtype=np.float32)
+        r = 0.2 * width
+        out[base] = centre
+        # toward the outer corner, up, toward the inner corner, down (image y grows downward)
+        for k, d in enumerate((-ax, -normal, ax, normal)):
+            out[base + 1 + k] = centre + r * d
+    return out
+
+
+@dataclass
+class _Detection:
+    box: tuple[float, float, float, float]  # stored pixels
+    right_eye: np.ndarray  # (2,) stored pixels
+    left_eye: np.ndarray
+    score: float
+
+    @property
+    def roi(self) -> _Roi:
+        x0, y0, x1, y1 = self.box
+        d = self.left_eye - self.right_eye
+        return _Roi((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * _ROI_SCALE,
+                    math.atan2(float(d[1]), float(d[0])))
+
+
+def _tile_starts(length: int, tile: int) -> list[int]:
+    if tile >= length:
+        return [0]
+    n = math.ceil((length - tile) / (0.8 * tile)) + 1  # at least 20% overlap
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+_Box = tuple[int, int, int, int]
+
+
+class _Detector:
+    """MediaPipe's full-range face detector over regions of a frame (whole, tiles, around a face).
+
+    A region is cut from the stored frame, shrunk by an integer factor with an area filter (the
+    detector's own resize does not anti-alias; integer factors are the fast path), turned upright and
+    detected; results come back in stored pixels.
+    """
+
+    def __init__(self, min_confidence: float, tiles: bool) -> None:
+        mp = _mediapipe()
+        self._fd = mp.solutions.face_detection.FaceDetection(
+            min_detection_confidence=min_confidence, model_selection=1)
+        self.tiles = tiles
+
+    def regions(self, width: int, height: int) -> list[_Box]:
+        """The whole frame, then (with tiling) overlapping squares covering it."""
+        boxes: list[_Box] = [(0, 0, width, height)]
+        if self.tiles:
+            # Squares of the short side, smaller on near-square frames so that there are several.
+            side = min(width, height, round(0.6 * max(width, height)))
+            boxes += [(x, y, x + side, y + side) for y in _tile_starts(height, side)
+                      for x in _tile_starts(width, side) if (side, side) != (width, height)]
+        return boxes
+
+    def detect_region(self, image: np.ndarray, box: _Box, rotation: int) -> list[_Detection]:
+        x0, y0, x1, y1 = box
+        rw, rh = x1 - x0, y1 - y0
+        factor = max(1, max(rw, rh) // _DETECT_SIDE)
+        region = image[y0:y1, x0:x1]
+        if factor > 1:
+            region = cv2.resize(region, (max(1, rw // factor), max(1, rh // factor)),
+                                interpolation=cv2.INTER_AREA)
+        if rotation:
+            region = cv2.rotate(region, _CV_ROTATE[rotation])
+        region = np.ascontiguousarray(region)
+        uh, uw = region.shape[:2]
+        sw, sh = upright_size(uw, uh, rotation)  # stored size of the shrunk region
+        # upright shrunk-region pixels -> stored frame pixels
+        to_stored = cv2.invertAffineTransform(stored_to_upright_matrix(sw, sh, rotation))
+        to_stored[0] *= rw / sw
+        to_stored[1] *= rh / sh
+        to_stored[:, 2] += (x0, y0)
+        found: list[_Detection] = []
+        for det in self._fd.process(region).detections or []:
+            rel = det.location_data.relative_bounding_box
+            kp = det.location_data.relative_keypoints
+            pts = np.array([[rel.xmin, rel.ymin], [rel.xmin + rel.width, rel.ymin + rel.height],
+                            [kp[0].x, kp[0].y], [kp[1].x, kp[1].y]]) * (uw, uh)
+            pts = _affine(to_stored, pts)
+            bx0, by0 = pts[:2].min(axis=0)
+            bx1, by1 = pts[:2].max(axis=0)
+            found.append(_Detection((float(bx0), float(by0), float(bx1), float(by1)),
+                                    pts[2], pts[3], float(det.score[0])))
+        return found
+
+    def detect_near(self, image: np.ndarray, box: tuple[float, float, float, float],
+                    rotation: int) -> list[_Detection]:
+        """Detections in a square 2.5x the size of ``box`` around it (to re-find a lost face)."""
+        h, w = image.shape[:2]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        half = 1.25 * max(box[2] - box[0], box[3] - box[1], 16.0)
+        region = (max(0, int(cx - half)), max(0, int(cy - half)),
+                  min(w, int(cx + half) + 1), min(h, int(cy + half) + 1))
+        if region[2] - region[0] < 8 or region[3] - region[1] < 8:
+            return []
+        return self.detect_region(image, region, rotation)
+
+    def detect(self, image: np.ndarray, rotation: int) -> list[_Detection]:
+        """Detections over all regions, overlapping ones merged (best score kept)."""
+        h, w = image.shape[:2]
+        found = [d for box in self.regions(w, h) for d in self.detect_region(image, box, rotation)]
+        found.sort(key=lambda d: d.score, reverse=True)
+        kept: list[_Detection] = []
+        for d in found:
+            if all(_iou(d.box, k.box) < 0.3 for k in kept):
+                kept.append(d)
+        return kept
+
+    def close(self) -> None:
+        self._fd.close()
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+@dataclass
+class _Track:
+    track_id: int
+    raw: np.ndarray  # last unsmoothed landmarks (stored pixels): the next ROI comes from these
+    presence: float
+    filter: OneEuroFilter | None
+    lost: bool = False
+
+
+class FaceTracker:
+    """Detects and tracks faces frame by frame; see the module docstring.
+
+    Detection is spread over frames: a scan is a list of regions (the whole frame, then tiles) and one
+    region is detected per frame, so no frame pays for more than one detector run (about 6 ms) on top
+    of its meshes. A scan starts every ``detect_every`` frames while there is room for more faces, and
+    back to back while no face is tracked. A face whose mesh is lost is looked for at once in a region
+    around its last position; found, it keeps its id, otherwise its track ends.
+
+    Holds MediaPipe graphs: call :meth:`close` (or use it as a context manager) when done. Not
+    thread-safe: call it from one thread (``ProcessorTrack`` runs it on a single worker thread).
+    """
+
+    def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
+        self.config = config
+        self._mesh = _MeshRunner(config.refine_landmarks)
+        self._detector = _Detector(config.min_detection_confidence, config.tile_detection)
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self._frame_count = 0
+        self._since_scan = 0
+        self._scan: list[_Box] = []  # regions of the current scan still to detect
+        self._scan_key: tuple[int, int, int] | None = None  # (width, height, rotation) it was made for
+        self._closed = False
+        self.last_timings: dict[str, float] = {}
+        """Seconds spent in ``mesh``, ``detect`` and ``smooth`` during the last :meth:`track` call."""
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def track(self, image: np.ndarray, *, rotation: int = 0,
+              timestamp: float | None = None) -> list[TrackedFace]:
+        """Faces of the next frame of a stream, with stable ids and smoothed landmarks.
+
+        ``image``: (H, W, 3) uint8 RGB in stored orientation. ``rotation``: display rotation in degrees
+        counter-clockwise (0, 90, 180, 270). ``timestamp``: seconds (e.g. ``pts * time_base``), which
+        drives the smoothing; None counts frames at 30 per second. Landmarks come back in stored pixels,
+        poses are relative to the upright (displayed) image.
+        """
+        self._check_open()
+        _check_image(image)
+        rotation = _check_rotation(rotation)
+        cfg = self.config
+        t = float(timestamp) if timestamp is not None else self._frame_count / 30.0
+        self._frame_count += 1
+        self._since_scan += 1
+        h, w = image.shape[:2]
+        timings = {"mesh": 0.0, "detect": 0.0, "smooth": 0.0}
+
+        # 1. Follow tracks with their mesh alone.
+        t0 = time.perf_counter()
+        if self._tracks:
+            results = self._mesh.run(image, [_roi_from_landmarks(tr.raw) for tr in self._tracks])
+            for tr, (pts, presence) in zip(self._tracks, results, strict=True):
+                tr.presence = presence
+                tr.lost = pts is None or presence < cfg.min_presence or not self._big_enough(pts)
+                if not tr.lost:
+                    tr.raw = pts
+        timings["mesh"] += time.perf_counter() - t0
+
+        # 2. Look for lost faces near where they were; end the tracks of those not found.
+        for tr in [tr for tr in self._tracks if tr.lost]:
+            t0 = time.perf_counter()
+            detections = self._detector.detect_near(image, _bbox(tr.raw), rotation)
+            timings["detect"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._revive(image, tr, detections)
+            timings["mesh"] += time.perf_counter() - t0
+        ended = [tr.track_id for tr in self._tracks if tr.lost]
+        if ended:
+            logger.debug("tracks %s ended", ended)
+        self._tracks = self._dedupe([tr for tr in self._tracks if not tr.lost])
+
+        # 3. One region of a detection scan, for new faces.
+        key = (w, h, rotation)
+        if self._scan_key != key:
+            self._scan, self._scan_key = [], key
+        room = cfg.max_faces - len(self._tracks)
+        if not self._scan and room > 0 and (not self._tracks or self._since_scan >= cfg.detect_every):
+            self._scan = self._detector.regions(w, h)
+        if self._scan:
+            t0 = time.perf_counter()
+            detections = self._detector.detect_region(image, self._scan.pop(0), rotation)
+            timings["detect"] += time.perf_counter() - t0
+            if not self._scan:
+                self._since_scan = 0
+            t0 = time.perf_counter()
+            self._add_new(image, detections)
+            timings["mesh"] += time.perf_counter() - t0
+
+        # 4. Smooth and estimate pose.
+        t0 = time.perf_counter()
+        faces = []
+        for tr in self._tracks:
+            pts = tr.raw
+            if tr.filter is not None:
+                _, y0, _, y1 = _bbox(pts)
+                pts = tr.filter(pts, t, scale=max(y1 - y0, 1.0))
+            faces.append(self._face(tr.track_id, pts, tr.presence, w, h, rotation))
+        timings["smooth"] += time.perf_counter() - t0
+        self.last_timings = timings
+        return faces
+
+    def detect(self, image: np.ndarray, *, rotation: int = 0,
+               max_faces: int | None = None) -> list[TrackedFace]:
+        """One-shot detection over all regions at once, without tracking state or smoothing.
+
+        For source images/frames: faces come largest first with ids 0, 1, ..., each mesh refined twice
+        from its own ROI. ``max_faces`` defaults to the config's.
+        """
+        self._check_open()
+        _check_image(image)
+        rotation = _check_rotation(rotation)
+        limit = self.config.max_faces if max_faces is None else max_faces
+        h, w = image.shape[:2]
+        meshes = self._meshes_from_detections(image, self._detector.detect(image, rotation), limit,
+                                              refine_steps=2)
+        meshes.sort(key=lambda m: _area(_bbox(m[0])), reverse=True)
+        return [self._face(i, pts, presence, w, h, rotation) for i, (pts, presence) in enumerate(meshes)]
+
+    def __call__(self, frame: Frame) -> Frame:
+        """Fill ``frame.faces`` (adapter for :class:`stream.tracks.ProcessorTrack`)."""
+        ts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        frame.faces = self.track(frame.image, rotation=frame.rotation, timestamp=ts)
+        return frame
+
+    def reset(self) -> None:
+        """Drop all tracks (e.g. after a seek). Ids keep counting up and are never reused."""
+        self._tracks = []
+        self._frame_count = 0
+        self._since_scan = 0
+        self._scan = []
+
+    def close(self) -> None:
+        """Release the MediaPipe graphs. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._tracks = []
+        self._mesh.close()
+        self._detector.close()
+
+    def __enter__(self) -> FaceTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("FaceTracker is closed")
+
+    def _big_enough(self, pts: np.ndarray) -> bool:
+        x0, y0, x1, y1 = _bbox(pts)
+        return max(x1 - x0, y1 - y0) >= self.config.min_face_px
+
+    def _face(self, track_id: int, pts: np.ndarray, score: float, w: int, h: int,
+              rotation: int) -> TrackedFace:
+        return TrackedFace(track_id=track_id, landmarks=pts, bbox=_bbox(pts),
+                           pose=estimate_pose(pts, image_size=(w, h), rotation=rotation),
+                           score=float(min(max(score, 0.0), 1.0)))
+
+    def _meshes_from_detections(self, image: np.ndarray, detections: list[_Detection], limit: int,
+                                refine_steps: int = 1) -> list[tuple[np.ndarray, float]]:
+        """Meshes of the largest detections (at most ``limit``), each ROI refined from its mesh."""
+        cfg = self.config
+        dets = [d for d in detections
+                if max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= cfg.min_face_px]
+        dets.sort(key=lambda d: _area(d.box), reverse=True)
+        if not dets or limit <= 0:
+            return []
+        results = self._mesh.run(image, [d.roi for d in dets])
+        for _ in range(refine_steps):
+            ok = [pts for pts, presence in results if pts is not None and presence >= cfg.min_presence]
+            if not ok:
+                return []
+            results = self._mesh.run(image, [_roi_from_landmarks(pts) for pts in ok])
+        out: list[tuple[np.ndarray, float]] = []
+        for pts, presence in results:
+            if pts is None or presence < cfg.min_presence or not self._big_enough(pts):
+                continue
+            box = _bbox(pts)
+            if any(_iou(box, _bbox(o)) > cfg.match_iou for o, _ in out):
+                continue  # two detections of one face
+            out.append((pts, presence))
+            if len(out) >= limit:
+                break
+        return out
+
+    def _revive(self, image: np.ndarray, track: _Track, detections: list[_Detection]) -> None:
+        """Give ``track`` the detected face nearest its last position, unless another track has it."""
+        last = _bbox(track.raw)
+        others = [_bbox(tr.raw) for tr in self._tracks if not tr.lost]
+        free = [d for d in detections if all(_iou(d.box, o) < self.config.match_iou for o in others)]
+        cx, cy = (last[0] + last[2]) / 2, (last[1] + last[3]) / 2
+        free.sort(key=lambda d: math.hypot((d.box[0] + d.box[2]) / 2 - cx, (d.box[1] + d.box[3]) / 2 - cy))
+        meshes = self._meshes_from_detections(image, free[:1], 1)
+        if meshes and all(_iou(_bbox(meshes[0][0]), o) < self.config.match_iou for o in others):
+            track.raw, track.presence = meshes[0]
+            track.lost = False
+            if track.filter is not None:
+                track.filter.reset()  # it jumped: do not drag the old position along
+            logger.debug("track %d re-found", track.track_id)
+
+    def _add_new(self, image: np.ndarray, detections: list[_Detection]) -> None:
+        """Start tracks for detections that no track covers, while there is room."""
+        cfg = self.config
+        fresh = [d for d in detections
+                 if all(_iou(d.box, _bbox(tr.raw)) < cfg.match_iou and not _inside(d.box, _bbox(tr.raw))
+                        for tr in self._tracks)]
+        for pts, presence in self._meshes_from_detections(image, fresh, cfg.max_faces - len(self._tracks)):
+            if any(_iou(_bbox(pts), _bbox(tr.raw)) >= cfg.match_iou for tr in self._tracks):
+                continue
+            smoothing = cfg.smoothing
+            tr = _Track(self._next_id, pts, presence,
+                        OneEuroFilter(smoothing, norm_axis=-1) if smoothing is not None else None)
+            self._next_id += 1
+            self._tracks.append(tr)
+            logger.debug("track %d started", tr.track_id)
+
+    @staticmethod
+    def _dedupe(tracks: list[_Track]) -> list[_Track]:
+        """Two ROIs may converge on one face: keep the older track."""
+        kept: list[_Track] = []
+        for tr in sorted(tracks, key=lambda t: t.track_id):
+            if all(_iou(_bbox(tr.raw), _bbox(k.raw)) < 0.5 for k in kept):
+                kept.append(tr)
+        return kept
+
+
+def _inside(inner: tuple[float, float, float, float], outer: tuple[float, float, float, float]) -> bool:
+    """Whether the centre of ``inner`` lies in ``outer``."""
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3]
+
+
+def _area(box: tuple[float, float, float, float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def detect_faces(image: np.ndarray, *, max_faces: int = 4, rotation: int = 0) -> list[TrackedFace]:
+    """Faces of a single image (a SOURCE image or frame), largest first, without smoothing.
+
+    Builds and closes a tracker per call; to run it over many frames, keep a :class:`FaceTracker`
+    and call :meth:`FaceTracker.detect`.
+    """
+    with FaceTracker(TrackerConfig(max_faces=max_faces, smoothing=None)) as tracker:
+        return tracker.detect(image, rotation=rotation)
+
+
+def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
+                      face_height: int = 200, config: TrackerConfig | None = None) -> dict[str, float]:
+    """Per-frame tracking time on a synthetic ``width`` x ``height`` video of one moving face.
+
+    The face is scikit-image's astronaut (needs the ``demo`` extra). Returns milliseconds: median and
+    95th percentile of detection frames and of mesh-only (track) frames, and the overall mean.
+    """
+    from skimage import data
+
+    face = data.astronaut()
+    s = face_height / 106.0  # the astronaut's face is ~106 px tall in the 512 px image
+    face = cv2.resize(face, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    fh, fw = face.shape[:2]
+    canvas = np.full((height, width, 3), 96, np.uint8)
+    detect_ms: list[float] = []
+    track_ms: list[float] = []
+    with FaceTracker(config or TrackerConfig()) as tracker:
+        for i in range(frames):
+            img = canvas.copy()
+            x = int((width - fw) / 2 + (width - fw) / 4 * math.sin(i / 15))
+            y = max(0, (height - fh) // 2)
+            img[y:y + min(fh, height), x:x + fw] = face[:height]
+            t0 = time.perf_counter()
+            tracker.track(img, timestamp=i / 30)
+            dt = (time.perf_counter() - t0) * 1000
+            (detect_ms if tracker.last_timings["detect"] > 0 else track_ms).append(dt)
+    all_ms = detect_ms + track_ms
+    result = {"frames": float(frames), "detect_frames": float(len(detect_ms)),
+              "mean_ms": float(np.mean(all_ms))}
+    for name, values in (("detect", detect_ms), ("track", track_ms)):
+        if values:
+            result[f"{name}_median_ms"] = float(np.median(values))
+            result[f"{name}_p95_ms"] = float(np.percentile(values, 95))
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover - manual benchmark
+    import json
+
+    print(json.dumps(benchmark_tracker(), indent=2))

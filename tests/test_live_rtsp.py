@@ -1,0 +1,117 @@
+"""Live input from a real RTSP server (GStreamer's gst-rtsp-server), restarted mid-stream."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from liveutil import RtspServer, face_frames, free_port, rtsp_server_missing, write_jpeg
+
+from stream.live import CaptureSource
+
+REPO = Path(__file__).resolve().parents[1]
+_missing = rtsp_server_missing()
+pytestmark = [pytest.mark.rtsp, pytest.mark.skipif(_missing is not None, reason=_missing or "")]
+
+
+@pytest.fixture
+def face_jpeg(tmp_path: Path) -> Path:
+    return write_jpeg(tmp_path / "camera.jpg", face_frames(320, 240, 1)[0])
+
+
+async def test_capture_resumes_after_the_server_restarts(face_jpeg: Path) -> None:
+    server = RtspServer(face_jpeg, free_port())
+    server.start()
+    source = CaptureSource(server.url)
+    try:
+        before = [await source.recv() for _ in range(5)]
+        assert before[0].image.shape == (240, 320, 3)
+        assert source.stats.connected and source.stats.reconnects == 0
+        server.stop()
+        # Whatever was decoded before the hang-up is still delivered, then nothing until it is back.
+        time.sleep(1.0)
+        server.start()
+        t_back = time.monotonic()
+        after = await source.recv()
+        while after.capture_time < t_back:
+            after = await source.recv()
+        more = [await source.recv() for _ in range(3)]
+    finally:
+        await source.aclose()
+        server.stop()
+    stats = source.stats
+    assert stats.reconnects == 1 and stats.failures >= 1
+    assert stats.outage_seconds and stats.outage_seconds[0] >= 1.0
+    frames = [*before, after, *more]
+    assert all(b.pts > a.pts and b.capture_time > a.capture_time for a, b in itertools.pairwise(frames))
+    assert np.abs(after.image.astype(int) - before[-1].image).mean() < 8  # the same camera picture
+    print(f"RTSP back {after.capture_time - t_back:.2f} s after the server listened again")
+
+
+def _run_live_cli(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "stream", "live", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_live_command_survives_a_camera_restart(tmp_path: Path, face_jpeg: Path) -> None:
+    from matplotlib import cbook
+
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    server = RtspServer(face_jpeg, free_port())
+    server.start()
+    report_path = tmp_path / "report.json"
+    proc = _run_live_cli(["--source", str(hopper), server.url, "-o", str(tmp_path / "rec.mkv"),
+                          "--duration", "9", "--report", str(report_path)], tmp_path)
+    try:
+        time.sleep(4.5)  # model loading, connection, a few seconds of frames
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["reconnects"] >= 1 and report["failures"] >= 1, report
+    assert report["frames_out"] > 0 and report["output"]["frames"] == report["frames_out"]
+    with av.open(str(tmp_path / "rec.mkv")) as c:
+        stream = c.streams.video[0]
+        times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
+    assert len(times) == report["frames_out"]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    gaps = np.diff(times)
+    # One hole where the camera was away, frames on both sides of it.
+    hole = int(np.argmax(gaps))
+    assert gaps[hole] >= 1.0 and hole >= 1 and len(times) - hole - 1 >= 5, (times, report)
+
+
+def test_live_command_pushes_to_an_rtsp_server(tmp_path: Path, face_jpeg: Path) -> None:
+    from matplotlib import cbook
+
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    server = RtspServer(face_jpeg, free_port())
+    server.record_dir = tmp_path
+    server.start()
+    push = server.url.replace("/face", "/record")
+    try:
+        proc = _run_live_cli(["--source", str(hopper), server.url, "-o", push, "--duration", "4",
+                              "--report", str(tmp_path / "r.json")], tmp_path)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    with av.open(str(tmp_path / "record.mkv")) as c:
+        received = sum(1 for _ in c.decode(video=0))
+    assert report["output"]["frames"] > 0 and received >= report["output"]["frames"] - 2, (received, report)

@@ -56,8 +56,8 @@ class OneEuroFilter:
     """A One-Euro filter over arrays of a fixed shape; see the module docstring.
 
     Call it with each new measurement and its timestamp (seconds, increasing). The first call, and
-    the first after :meth:`reset`, returns the measurement unchanged. A timestamp that does not advance
-    (a duplicated frame) returns the previous output.
+    the first after :meth:`reset`, returns the measurement unchanged. A repeated timestamp (a duplicated
+    frame) returns the previous output; one that goes back (a seek) restarts the filter.
     """
 
     def __init__(self, config: OneEuroConfig = OneEuroConfig(), *, norm_axis: int | None = None) -> None:
@@ -82,13 +82,13 @@ class OneEuroFilter:
         Returns an array of ``x``'s shape and dtype.
         """
         x64 = np.asarray(x, dtype=np.float64)
-        if self._x is None or self._x.shape != x64.shape:
+        if self._x is None or self._x.shape != x64.shape or float(t) < self._t:
             self._x = x64.copy()
             self._dx = np.zeros_like(x64)
             self._t = float(t)
             return np.array(x, copy=True)
         dt = float(t) - self._t
-        if dt <= 0:
+        if dt == 0:
             return self._x.astype(x.dtype)
         cfg = self.config
         # Velocity, low-passed at d_cutoff while signed so that noise averages out, then its size.

@@ -572,10 +572,11 @@ class FaceTracker:
         t0 = time.perf_counter()
         faces = []
         for tr in self._tracks:
-            pts = tr.raw
             if tr.filter is not None:
-                _, y0, _, y1 = _bbox(pts)
-                pts = tr.filter(pts, t, scale=max(y1 - y0, 1.0))
+                _, y0, _, y1 = _bbox(tr.raw)
+                pts = tr.filter(tr.raw, t, scale=max(y1 - y0, 1.0))
+            else:
+                pts = tr.raw.copy()  # callers may write into it; the next ROI comes from tr.raw
             faces.append(self._face(tr.track_id, pts, tr.presence, w, h, rotation))
         timings["smooth"] += time.perf_counter() - t0
         self.last_timings = timings

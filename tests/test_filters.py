@@ -90,6 +90,7 @@ def test_first_sample_passes_through_and_repeated_timestamp_holds() -> None:
     f.reset()
     assert not f.initialized
     assert np.array_equal(f(a + 7, 2.0), a + 7)
+    assert np.array_equal(f(a + 20, 0.5), a + 20)  # time went back (a seek): start again
 
 
 def test_norm_axis_gives_one_cutoff_per_point() -> None:

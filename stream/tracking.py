@@ -66,8 +66,8 @@ class TrackerConfig:
     max_faces: int = 4
     """Most faces tracked at once; further detections are ignored (largest faces are kept)."""
     detect_every: int = 10
-    """Run the detector every this many frames (and whenever no face or a lost face needs it) so that
-    new faces appear; between detections faces are followed by their mesh alone."""
+    """Start a detection scan for new faces every this many frames (one region per frame; back to back
+    while no face is tracked); between scans faces are followed by their mesh alone."""
     min_detection_confidence: float = 0.5
     """Detector score in [0, 1] below which a detection is ignored."""
     min_presence: float = 0.5
@@ -249,13 +249,12 @@ class _MeshRunner:
     """One MediaPipe graph running the landmark network on (image, ROI) pairs."""
 
     def __init__(self, refine: bool) -> None:
+        mp = _mediapipe()
         from google.protobuf import text_format
         from mediapipe.framework import calculator_pb2
-
-        mp = _mediapipe()
-        self._mp = mp
         from mediapipe.framework.formats import rect_pb2
 
+        self._mp = mp
         self._rect = rect_pb2.NormalizedRect
         self.refine = refine
         text = _MESH_GRAPH.format(
@@ -331,8 +330,7 @@ class _MeshRunner:
             logger.debug("closing the mesh graph failed", exc_info=True)
 
 
-# Eye contours of the 468-point mesh (subject's right / left eye) and the iris point order of the
-# 478-point mesh (centre, then four boundary points); see _add_irises.
+# Eye contours of the 468-point mesh (subject's right / left eye); see _add_irises.
 _RIGHT_EYE_RING = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 _LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 
@@ -340,22 +338,20 @@ _LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 38
 def _add_irises(points: np.ndarray) -> np.ndarray:
     """Extend a 468-point mesh to 478 points with irises estimated from the eye contours.
 
-    Iris centre = mean of the eye's contour; the four boundary points lie a radius of 0.2 eye widths
-    away along the eye's axis and its normal (the 478-point model's order: lateral, upper, medial,
-    lower for the subject's right eye; the left eye mirrors it).
+    Iris centre = mean of the eye's contour; the four boundary points lie 0.22 eye widths away (the
+    478-point model's iris radius) in that model's order: along the eye line toward the subject's left,
+    up, toward the subject's right, down.
     """
     out = np.empty((NUM_LANDMARKS, 3), dtype=np.float32)
     out[:468] = points
+    line = points[_LEFT_EYE_OUTER] - points[_RIGHT_EYE_OUTER]
+    along = np.array([line[0], line[1], 0.0]) / (float(np.hypot(line[0], line[1])) or 1.0)
+    down = np.array([-along[1], along[0], 0.0])  # the eye line turned a quarter clockwise (y is down)
     for base, ring, outer, inner in ((468, _RIGHT_EYE_RING, 33, 133), (473, _LEFT_EYE_RING, 263, 362)):
         centre = points[list(ring)].mean(axis=0)
-        axis = points[inner] - points[outer]
-        width = float(np.linalg.norm(axis[:2])) or 1.0
-        ax = axis / width
-        normal = np.array([-ax[1], ax[0], 0.0], dtype=np.float32)
-        r = 0.2 * width
+        r = 0.22 * float(np.hypot(*(points[inner, :2] - points[outer, :2])))
         out[base] = centre
-        # toward the outer corner, up, toward the inner corner, down (image y grows downward)
-        for k, d in enumerate((-ax, -normal, ax, normal)):
+        for k, d in enumerate((along, -down, -along, down)):
             out[base + 1 + k] = centre + r * d
     return out
 

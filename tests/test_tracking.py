@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.exceptions import InputError
+from stream.exceptions import EndOfStream, InputError
 from stream.filters import OneEuroConfig
 from stream.frames import Frame
 from stream.pose import stored_to_upright_matrix
 from stream.tracking import FaceTracker, TrackerConfig, benchmark_tracker, detect_faces
+from stream.tracks import FrameTrack, ProcessorTrack
 
 # Face boxes (x0, y0, x1, y1) in the source images, from their meshes.
 _FACE_BOX = {"astronaut": (179, 71, 271, 177), "grace_hopper": (173, 132, 356, 334)}
@@ -290,3 +291,66 @@ def test_benchmark_tracker_reports_milliseconds() -> None:
     result = benchmark_tracker(320, 240, frames=6, face_height=80)
     assert result["frames"] == 6
     assert result["track_median_ms"] > 0 and result["detect_median_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------- in a pipeline
+
+
+class _DecodedFrames(FrameTrack):
+    """Frames decoded with PyAV from a file, as a pull track (a minimal source for the test)."""
+
+    def __init__(self, path) -> None:
+        import av
+
+        self._container = av.open(str(path))
+        self._frames = self._container.decode(video=0)
+        self._index = 0
+
+    async def recv(self) -> Frame:
+        try:
+            vf = next(self._frames)
+        except StopIteration:
+            raise EndOfStream from None
+        frame = Frame(index=self._index, image=vf.to_ndarray(format="rgb24"), pts=vf.pts,
+                      time_base=vf.time_base, source=vf)
+        self._index += 1
+        return frame
+
+    def stop(self) -> None:
+        self._container.close()
+
+
+async def test_processor_track_tracks_a_decoded_video(tmp_path) -> None:
+    import av
+
+    path = tmp_path / "face.mp4"
+    face = Face("astronaut", 90)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(8):
+            img = _canvas(320, 240)
+            face.paste(img, (140.0 + 5 * i, 120.0))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+    tracker = FaceTracker()
+    track = ProcessorTrack(_DecodedFrames(path), tracker, name="track", on_close=tracker.close)
+    frames = []
+    try:
+        while True:
+            frames.append(await track.recv())
+    except EndOfStream:
+        pass
+    finally:
+        await track.aclose()
+    assert [f.index for f in frames] == list(range(8))
+    assert all(f.pts is not None for f in frames)
+    ids = [[face.track_id for face in f.faces] for f in frames]
+    assert ids == [ids[0]] * 8 and len(ids[0]) == 1
+    xs = [(f.faces[0].bbox[0] + f.faces[0].bbox[2]) / 2 for f in frames]
+    assert xs[-1] - xs[0] == pytest.approx(35, abs=8)  # followed the face
+    with pytest.raises(RuntimeError, match="closed"):  # on_close released the tracker
+        tracker.track(_canvas(64, 64))

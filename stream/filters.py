@@ -56,15 +56,15 @@ class OneEuroFilter:
     """A One-Euro filter over arrays of a fixed shape; see the module docstring.
 
     Call it with each new measurement and its timestamp (seconds, increasing). The first call, and
-    the first after :meth:`reset`, returns the measurement unchanged. A timestamp that does not advance
-    (a duplicated frame) returns the previous output.
+    the first after :meth:`reset`, returns the measurement unchanged. A repeated timestamp (a duplicated
+    frame) returns the previous output; one that goes back (a seek) restarts the filter.
     """
 
     def __init__(self, config: OneEuroConfig = OneEuroConfig(), *, norm_axis: int | None = None) -> None:
         self.config = config
         self.norm_axis = norm_axis
         self._x: np.ndarray | None = None  # last filtered value (float64)
-        self._dx: np.ndarray | None = None  # last filtered speed, in scale units per second
+        self._dx: np.ndarray | None = None  # last filtered velocity, in scale units per second
         self._t = 0.0
 
     def reset(self) -> None:
@@ -82,30 +82,22 @@ class OneEuroFilter:
         Returns an array of ``x``'s shape and dtype.
         """
         x64 = np.asarray(x, dtype=np.float64)
-        if self._x is None or self._x.shape != x64.shape:
+        if self._x is None or self._x.shape != x64.shape or float(t) < self._t:
             self._x = x64.copy()
-            self._dx = np.zeros(self._speed_shape(x64.shape))
+            self._dx = np.zeros_like(x64)
             self._t = float(t)
             return np.array(x, copy=True)
         dt = float(t) - self._t
-        if dt <= 0:
+        if dt == 0:
             return self._x.astype(x.dtype)
         cfg = self.config
-        # Speed of the raw signal, low-passed at d_cutoff.
+        # Velocity, low-passed at d_cutoff while signed so that noise averages out, then its size.
         velocity = (x64 - self._x) / (dt * max(float(scale), 1e-9))
-        speed = (np.abs(velocity) if self.norm_axis is None
-                 else np.linalg.norm(velocity, axis=self.norm_axis, keepdims=True))
-        a_d = smoothing_alpha(cfg.d_cutoff, dt)
-        self._dx = self._dx + a_d * (speed - self._dx)
+        self._dx = self._dx + smoothing_alpha(cfg.d_cutoff, dt) * (velocity - self._dx)
+        speed = (np.abs(self._dx) if self.norm_axis is None
+                 else np.linalg.norm(self._dx, axis=self.norm_axis, keepdims=True))
         # The cutoff rises with speed: still points are smoothed, moving points follow.
-        a = smoothing_alpha(cfg.min_cutoff + cfg.beta * self._dx, dt)
+        a = smoothing_alpha(cfg.min_cutoff + cfg.beta * speed, dt)
         self._x = self._x + a * (x64 - self._x)
         self._t = float(t)
         return self._x.astype(x.dtype)
-
-    def _speed_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        if self.norm_axis is None:
-            return shape
-        s = list(shape)
-        s[self.norm_axis] = 1
-        return tuple(s)

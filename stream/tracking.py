@@ -66,8 +66,8 @@ class TrackerConfig:
     max_faces: int = 4
     """Most faces tracked at once; further detections are ignored (largest faces are kept)."""
     detect_every: int = 10
-    """Run the detector every this many frames (and whenever no face or a lost face needs it) so that
-    new faces appear; between detections faces are followed by their mesh alone."""
+    """Start a detection scan for new faces every this many frames (one region per frame; back to back
+    while no face is tracked); between scans faces are followed by their mesh alone."""
     min_detection_confidence: float = 0.5
     """Detector score in [0, 1] below which a detection is ignored."""
     min_presence: float = 0.5
@@ -249,13 +249,12 @@ class _MeshRunner:
     """One MediaPipe graph running the landmark network on (image, ROI) pairs."""
 
     def __init__(self, refine: bool) -> None:
+        mp = _mediapipe()
         from google.protobuf import text_format
         from mediapipe.framework import calculator_pb2
-
-        mp = _mediapipe()
-        self._mp = mp
         from mediapipe.framework.formats import rect_pb2
 
+        self._mp = mp
         self._rect = rect_pb2.NormalizedRect
         self.refine = refine
         text = _MESH_GRAPH.format(
@@ -331,8 +330,7 @@ class _MeshRunner:
             logger.debug("closing the mesh graph failed", exc_info=True)
 
 
-# Eye contours of the 468-point mesh (subject's right / left eye) and the iris point order of the
-# 478-point mesh (centre, then four boundary points); see _add_irises.
+# Eye contours of the 468-point mesh (subject's right / left eye); see _add_irises.
 _RIGHT_EYE_RING = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 _LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 
@@ -340,22 +338,20 @@ _LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 38
 def _add_irises(points: np.ndarray) -> np.ndarray:
     """Extend a 468-point mesh to 478 points with irises estimated from the eye contours.
 
-    Iris centre = mean of the eye's contour; the four boundary points lie a radius of 0.2 eye widths
-    away along the eye's axis and its normal (the 478-point model's order: lateral, upper, medial,
-    lower for the subject's right eye; the left eye mirrors it).
+    Iris centre = mean of the eye's contour; the four boundary points lie 0.22 eye widths away (the
+    478-point model's iris radius) in that model's order: along the eye line toward the subject's left,
+    up, toward the subject's right, down.
     """
     out = np.empty((NUM_LANDMARKS, 3), dtype=np.float32)
     out[:468] = points
+    line = points[_LEFT_EYE_OUTER] - points[_RIGHT_EYE_OUTER]
+    along = np.array([line[0], line[1], 0.0]) / (float(np.hypot(line[0], line[1])) or 1.0)
+    down = np.array([-along[1], along[0], 0.0])  # the eye line turned a quarter clockwise (y is down)
     for base, ring, outer, inner in ((468, _RIGHT_EYE_RING, 33, 133), (473, _LEFT_EYE_RING, 263, 362)):
         centre = points[list(ring)].mean(axis=0)
-        axis = points[inner] - points[outer]
-        width = float(np.linalg.norm(axis[:2])) or 1.0
-        ax = axis / width
-        normal = np.array([-ax[1], ax[0], 0.0], dtype=np.float32)
-        r = 0.2 * width
+        r = 0.22 * float(np.hypot(*(points[inner, :2] - points[outer, :2])))
         out[base] = centre
-        # toward the outer corner, up, toward the inner corner, down (image y grows downward)
-        for k, d in enumerate((-ax, -normal, ax, normal)):
+        for k, d in enumerate((along, -down, -along, down)):
             out[base + 1 + k] = centre + r * d
     return out
 
@@ -572,10 +568,11 @@ class FaceTracker:
         t0 = time.perf_counter()
         faces = []
         for tr in self._tracks:
-            pts = tr.raw
             if tr.filter is not None:
-                _, y0, _, y1 = _bbox(pts)
-                pts = tr.filter(pts, t, scale=max(y1 - y0, 1.0))
+                _, y0, _, y1 = _bbox(tr.raw)
+                pts = tr.filter(tr.raw, t, scale=max(y1 - y0, 1.0))
+            else:
+                pts = tr.raw.copy()  # callers may write into it; the next ROI comes from tr.raw
             faces.append(self._face(tr.track_id, pts, tr.presence, w, h, rotation))
         timings["smooth"] += time.perf_counter() - t0
         self.last_timings = timings
@@ -739,9 +736,10 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
     """
     from skimage import data
 
-    face = data.astronaut()
-    s = face_height / 106.0  # the astronaut's face is ~106 px tall in the 512 px image
-    face = cv2.resize(face, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    # The astronaut's face spans about (179, 71)-(271, 177) of the 512 px image: cut 2x that around it.
+    s = face_height / 106.0
+    crop = data.astronaut()[18:230, 119:331]
+    face = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
     fh, fw = face.shape[:2]
     canvas = np.full((height, width, 3), 96, np.uint8)
     detect_ms: list[float] = []
@@ -749,9 +747,11 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
     with FaceTracker(config or TrackerConfig()) as tracker:
         for i in range(frames):
             img = canvas.copy()
-            x = int((width - fw) / 2 + (width - fw) / 4 * math.sin(i / 15))
+            # The face swings left and right by a quarter of the free width.
+            x = max(0, int((width - fw) / 2 + (width - fw) / 4 * math.sin(i / 15)))
             y = max(0, (height - fh) // 2)
-            img[y:y + min(fh, height), x:x + fw] = face[:height]
+            patch = face[:height - y, :width - x]
+            img[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
             t0 = time.perf_counter()
             tracker.track(img, timestamp=i / 30)
             dt = (time.perf_counter() - t0) * 1000

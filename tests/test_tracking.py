@@ -1,0 +1,356 @@
+"""Face tracking with real MediaPipe on real faces pasted into synthetic frames."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from stream.exceptions import EndOfStream, InputError
+from stream.filters import OneEuroConfig
+from stream.frames import Frame
+from stream.pose import stored_to_upright_matrix
+from stream.tracking import FaceTracker, TrackerConfig, benchmark_tracker, detect_faces
+from stream.tracks import FrameTrack, ProcessorTrack
+
+# Face boxes (x0, y0, x1, y1) in the source images, from their meshes.
+_FACE_BOX = {"astronaut": (179, 71, 271, 177), "grace_hopper": (173, 132, 356, 334)}
+GREY = 96
+
+
+def _image(name: str) -> np.ndarray:
+    if name == "astronaut":
+        from skimage import data
+
+        return data.astronaut()
+    from matplotlib import cbook
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])
+
+
+class Face:
+    """A portrait cropped around its face and scaled so the face is ``height`` pixels tall."""
+
+    def __init__(self, name: str, height: int) -> None:
+        x0, y0, x1, y1 = _FACE_BOX[name]
+        s = height / (y1 - y0)
+        img = _image(name)
+        # Crop 2x the face box around its centre, so neighbours can stand close.
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (y1 - y0)
+        crop = img[max(0, int(cy - half)):int(cy + half), max(0, int(cx - half)):int(cx + half)]
+        self.patch = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        # face centre inside the patch
+        self.centre = np.array([(cx - max(0, int(cx - half))) * s, (cy - max(0, int(cy - half))) * s])
+        self.height = height
+
+    def paste(self, canvas: np.ndarray, centre: tuple[float, float]) -> None:
+        """Paste so that the face centre lands at ``centre`` (clipped at the borders)."""
+        ph, pw = self.patch.shape[:2]
+        x0, y0 = (int(np.rint(v)) for v in np.asarray(centre) - self.centre)
+        h, w = canvas.shape[:2]
+        sx0, sy0 = max(0, -x0), max(0, -y0)
+        dx0, dy0 = max(0, x0), max(0, y0)
+        dx1, dy1 = min(w, x0 + pw), min(h, y0 + ph)
+        if dx1 > dx0 and dy1 > dy0:
+            canvas[dy0:dy1, dx0:dx1] = self.patch[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+
+
+def _canvas(w: int, h: int) -> np.ndarray:
+    return np.full((h, w, 3), GREY, np.uint8)
+
+
+def _centre(face) -> np.ndarray:
+    x0, y0, x1, y1 = face.bbox
+    return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+
+
+def _height(face) -> float:
+    return face.bbox[3] - face.bbox[1]
+
+
+@pytest.fixture
+def tracker():
+    with FaceTracker() as t:
+        yield t
+
+
+# ------------------------------------------------------------------------------------- detection
+
+
+def test_small_face_in_720p_is_found_only_with_the_full_range_detector() -> None:
+    face = Face("astronaut", 70)
+    frame = _canvas(1280, 720)
+    where = (300.0, 450.0)
+    face.paste(frame, where)
+
+    found = detect_faces(frame)
+    assert len(found) == 1
+    assert np.linalg.norm(_centre(found[0]) - where) < 0.15 * face.height
+    assert 0.8 * face.height < _height(found[0]) < 1.2 * face.height
+
+    # MediaPipe's FaceMesh finds faces with its short-range detector and misses this one.
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                         refine_landmarks=True) as mesh:
+        assert mesh.process(frame).multi_face_landmarks is None
+
+
+def test_tracker_finds_the_small_face_within_one_scan(tracker) -> None:
+    face = Face("grace_hopper", 60)
+    frame = _canvas(1280, 720)
+    face.paste(frame, (1000.0, 200.0))
+    per_frame = [tracker.track(frame, timestamp=i / 30) for i in range(4)]  # scan: full frame + 2 tiles
+    assert len(per_frame[-1]) == 1
+    assert np.linalg.norm(_centre(per_frame[-1][0]) - (1000, 200)) < 0.15 * face.height
+
+
+def test_no_face_gives_no_faces(tracker) -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    assert detect_faces(noise) == []
+    for i in range(4):
+        assert tracker.track(noise, timestamp=i / 30) == []
+        assert tracker.track(_canvas(640, 360), timestamp=(i + 4) / 30) == []
+
+
+# ------------------------------------------------------------------------------------- tracking
+
+
+def test_two_moving_faces_keep_two_stable_ids(tracker) -> None:
+    a, b = Face("astronaut", 90), Face("grace_hopper", 100)
+    ids_seen: list[set[int]] = []
+    owner: dict[int, str] = {}
+    for i in range(20):
+        frame = _canvas(640, 360)
+        pa = (160.0 + 6 * i, 120.0 + 3 * i)  # right and down
+        pb = (480.0 - 4 * i, 230.0 - 3 * i)  # left and up
+        a.paste(frame, pa)
+        b.paste(frame, pb)
+        faces = tracker.track(frame, timestamp=i / 30)
+        ids_seen.append({f.track_id for f in faces})
+        if i < 1:
+            continue
+        assert len(faces) == 2, f"frame {i}: {len(faces)} faces"
+        for f in faces:
+            c = _centre(f)
+            name = "a" if np.linalg.norm(c - pa) < np.linalg.norm(c - pb) else "b"
+            assert owner.setdefault(f.track_id, name) == name, f"frame {i}: id {f.track_id} swapped faces"
+            truth, height = (pa, a.height) if name == "a" else (pb, b.height)
+            assert np.linalg.norm(c - truth) < 0.2 * height, f"frame {i}: face {name} off by {c - truth}"
+    assert all(s == ids_seen[1] for s in ids_seen[1:]) and len(ids_seen[1]) == 2
+
+
+def test_face_that_leaves_ends_its_track_and_a_returning_face_gets_a_new_id(tracker) -> None:
+    face = Face("grace_hopper", 100)
+    with_face = _canvas(640, 360)
+    face.paste(with_face, (320.0, 180.0))
+    empty = _canvas(640, 360)
+    first = [tracker.track(with_face, timestamp=i / 30) for i in range(3)]
+    old_id = first[-1][0].track_id
+    assert tracker.track(empty, timestamp=3 / 30) == []
+    back = [tracker.track(with_face, timestamp=(4 + i) / 30) for i in range(2)]
+    assert len(back[-1]) == 1 and back[-1][0].track_id > old_id
+
+
+def test_face_sliding_out_of_the_frame_ends_its_track(tracker) -> None:
+    face = Face("astronaut", 90)
+    counts = []
+    for i in range(14):
+        frame = _canvas(640, 360)
+        face.paste(frame, (400.0 + 25 * i, 180.0))  # gone past x = 640 + face width
+        counts.append(len(tracker.track(frame, timestamp=i / 30)))
+    assert counts[0] == 1 and counts[-1] == 0
+
+
+def test_reset_drops_tracks_and_never_reuses_ids(tracker) -> None:
+    face = Face("astronaut", 90)
+    frame = _canvas(640, 360)
+    face.paste(frame, (320.0, 180.0))
+    before = tracker.track(frame)[0].track_id
+    tracker.reset()
+    after = tracker.track(frame)
+    assert len(after) == 1 and after[0].track_id > before
+
+
+def test_smoothing_reduces_landmark_jitter_on_noisy_video() -> None:
+    """A still face under per-frame sensor noise: One-Euro output jitters far less than the raw mesh."""
+    face = Face("grace_hopper", 110)
+    clean = _canvas(480, 270)
+    face.paste(clean, (240.0, 135.0))
+    rng = np.random.default_rng(1)
+    frames = [np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8) for _ in range(16)]
+    jitter = {}
+    for name, smoothing in (("raw", None), ("smooth", OneEuroConfig())):
+        with FaceTracker(TrackerConfig(smoothing=smoothing)) as t:
+            seq = np.array([t.track(f, timestamp=i / 30)[0].landmarks for i, f in enumerate(frames)])
+        jitter[name] = float(np.linalg.norm(np.diff(seq[4:, :, :2], axis=0), axis=-1).mean())
+    assert jitter["raw"] > 0.05  # the noise does move the raw mesh
+    assert jitter["smooth"] < 0.6 * jitter["raw"], jitter
+
+
+# ------------------------------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_storage_gives_landmarks_on_the_face_in_stored_pixels(tracker, rotation: int) -> None:
+    face = Face("grace_hopper", 110)
+    upright = _canvas(640, 360)
+    face.paste(upright, (420.0, 160.0))
+    reference = detect_faces(upright)[0].landmarks
+    # Stored so that turning it `rotation` degrees counter-clockwise shows it upright.
+    stored = np.ascontiguousarray(np.rot90(upright, -(rotation // 90)))
+    faces = [tracker.track(stored, rotation=rotation, timestamp=i / 30) for i in range(3)][-1]
+    assert len(faces) == 1
+    got = faces[0].landmarks
+    h, w = stored.shape[:2]
+    assert got[:, 0].max() <= w and got[:, 1].max() <= h
+    m = stored_to_upright_matrix(w, h, rotation)
+    in_upright = got[:, :2] @ m[:, :2].T + m[:, 2]
+    assert np.linalg.norm(in_upright - reference[:, :2], axis=1).mean() < 0.03 * face.height
+    assert abs(faces[0].pose.roll) < 10  # pose is relative to the displayed image
+
+
+def test_tilted_face_is_meshed_upright() -> None:
+    """A face tilted 45 degrees in the image: the ROI turns with the eyes, so the mesh fits."""
+    face = Face("grace_hopper", 120)
+    img = _canvas(480, 480)
+    face.paste(img, (240.0, 240.0))
+    m = cv2.getRotationMatrix2D((240, 240), -45, 1.0)
+    tilted = cv2.warpAffine(img, m, (480, 480), borderValue=(GREY, GREY, GREY))
+    upright = detect_faces(img)[0]
+    found = detect_faces(tilted)
+    assert len(found) == 1
+    expected = upright.landmarks[:, :2] @ m[:, :2].T + m[:, 2]
+    assert np.linalg.norm(found[0].landmarks[:, :2] - expected, axis=1).mean() < 0.03 * face.height
+    assert found[0].pose.roll - upright.pose.roll == pytest.approx(45, abs=5)
+
+
+# ------------------------------------------------------------------------------------- API
+
+
+def test_call_fills_frame_faces(tracker) -> None:
+    face = Face("astronaut", 100)
+    image = _canvas(640, 360)
+    face.paste(image, (300.0, 170.0))
+    frame = Frame(index=0, image=image, pts=3000, time_base=Fraction(1, 90000))
+    out = tracker(frame)
+    assert out is frame and len(frame.faces) == 1
+    f = frame.faces[0]
+    assert f.landmarks.shape == (478, 3) and f.landmarks.dtype == np.float32
+    assert f.bbox == pytest.approx((*f.landmarks[:, :2].min(axis=0), *f.landmarks[:, :2].max(axis=0)))
+    assert 0.5 <= f.score <= 1.0
+    assert f.pose.rotation.shape == (3, 3) and f.pose.translation.shape == (3,)
+    # the next frame reuses the track
+    frame2 = Frame(index=1, image=image, pts=6000, time_base=Fraction(1, 90000))
+    assert [g.track_id for g in tracker(frame2).faces] == [f.track_id]
+
+
+def test_detect_faces_returns_several_faces_largest_first() -> None:
+    image = _canvas(640, 360)
+    Face("astronaut", 80).paste(image, (160.0, 180.0))
+    Face("grace_hopper", 120).paste(image, (460.0, 180.0))
+    faces = detect_faces(image)
+    assert [f.track_id for f in faces] == [0, 1]
+    assert _height(faces[0]) > _height(faces[1])
+    assert detect_faces(image, max_faces=1)[0].bbox == pytest.approx(faces[0].bbox)
+
+
+def test_fast_mesh_model_still_gives_478_points() -> None:
+    """refine_landmarks=False: 468-point model, irises placed from the eye contours, in the attention
+    model's point order (compared with that model on a face looking into the camera)."""
+    image = _canvas(480, 270)
+    Face("grace_hopper", 120).paste(image, (240.0, 135.0))
+    with FaceTracker(TrackerConfig(refine_landmarks=False)) as t:
+        fast = t.detect(image)[0].landmarks
+    refined = detect_faces(image)[0].landmarks
+    assert fast.shape == (478, 3)
+    eye_width = np.linalg.norm(refined[33, :2] - refined[133, :2])
+    err = np.linalg.norm(fast[468:, :2] - refined[468:, :2], axis=1)
+    assert err.max() < 0.15 * eye_width, err / eye_width
+    assert np.linalg.norm(fast[:468, :2] - refined[:468, :2], axis=1).mean() < 0.1 * eye_width
+
+
+def test_bad_input_and_close(tracker) -> None:
+    with pytest.raises(InputError, match="rotation"):
+        tracker.track(_canvas(64, 64), rotation=45)
+    with pytest.raises(InputError, match="uint8"):
+        tracker.track(np.zeros((64, 64), np.uint8))
+    with pytest.raises(InputError, match="detect_every"):
+        TrackerConfig(detect_every=0)
+    tracker.close()
+    tracker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        tracker.track(_canvas(64, 64))
+
+
+def test_benchmark_tracker_reports_milliseconds() -> None:
+    result = benchmark_tracker(320, 240, frames=6, face_height=80)
+    assert result["frames"] == 6
+    assert result["track_median_ms"] > 0 and result["detect_median_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------- in a pipeline
+
+
+class _DecodedFrames(FrameTrack):
+    """Frames decoded with PyAV from a file, as a pull track (a minimal source for the test)."""
+
+    def __init__(self, path) -> None:
+        import av
+
+        self._container = av.open(str(path))
+        self._frames = self._container.decode(video=0)
+        self._index = 0
+
+    async def recv(self) -> Frame:
+        try:
+            vf = next(self._frames)
+        except StopIteration:
+            raise EndOfStream from None
+        frame = Frame(index=self._index, image=vf.to_ndarray(format="rgb24"), pts=vf.pts,
+                      time_base=vf.time_base, source=vf)
+        self._index += 1
+        return frame
+
+    def stop(self) -> None:
+        self._container.close()
+
+
+async def test_processor_track_tracks_a_decoded_video(tmp_path) -> None:
+    import av
+
+    path = tmp_path / "face.mp4"
+    face = Face("astronaut", 90)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(8):
+            img = _canvas(320, 240)
+            face.paste(img, (140.0 + 5 * i, 120.0))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+    tracker = FaceTracker()
+    track = ProcessorTrack(_DecodedFrames(path), tracker, name="track", on_close=tracker.close)
+    frames = []
+    try:
+        while True:
+            frames.append(await track.recv())
+    except EndOfStream:
+        pass
+    finally:
+        await track.aclose()
+    assert [f.index for f in frames] == list(range(8))
+    assert all(f.pts is not None for f in frames)
+    ids = [[face.track_id for face in f.faces] for f in frames]
+    assert ids == [ids[0]] * 8 and len(ids[0]) == 1
+    xs = [(f.faces[0].bbox[0] + f.faces[0].bbox[2]) / 2 for f in frames]
+    assert xs[-1] - xs[0] == pytest.approx(35, abs=8)  # followed the face
+    with pytest.raises(RuntimeError, match="closed"):  # on_close released the tracker
+        tracker.track(_canvas(64, 64))

@@ -177,7 +177,13 @@ def _undecodable_codec_name(container: InputContainer, index: int) -> str:
     return re.sub(r" / 0x[0-9a-fA-F]+\)", ")", match.group(1).strip())  # "evc (evc1 / 0x..)" -> "evc (evc1)"
 
 
+# Demuxers that render text as pictures: FFmpeg opens any .txt/.nfo/.asc as "video" through them.
+_TEXT_AS_VIDEO_FORMATS = frozenset({"tty", "bintext", "xbin", "adf", "idf"})
+
+
 def _pick_video_stream(container: InputContainer, path: Path) -> VideoStream:
+    if _format_names(container) & _TEXT_AS_VIDEO_FORMATS:
+        raise UnsupportedMediaError(f"{path} is not a video: it is a text file ({container.format.long_name})")
     candidates = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
     if not candidates:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"

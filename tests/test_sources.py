@@ -217,6 +217,15 @@ def test_text_file_is_not_media(tmp_path: Path) -> None:
         probe_video(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "readme.nfo"])
+def test_text_file_that_ffmpeg_renders_as_ansi_art_is_not_a_video(tmp_path: Path, name: str) -> None:
+    # FFmpeg's tty demuxer opens these extensions as a "video" of rendered text.
+    path = tmp_path / name
+    path.write_text("this is not a video\n" * 50)
+    with pytest.raises(UnsupportedMediaError, match="not a video: it is a text file"):
+        probe_video(path)
+
+
 def test_audio_only_file_has_no_video(tmp_path: Path) -> None:
     path = tmp_path / "tone.m4a"
     with av.open(str(path), "w", format="mp4") as container:

@@ -113,6 +113,7 @@ def create_engine(
     *,
     max_batch: int = 8,
     work_dir: str | os.PathLike[str] | None = None,
+    export_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Engine:
     """Build an engine for ``source``.
@@ -126,6 +127,8 @@ def create_engine(
         max_batch: Largest batch the engine must accept (ONNX export/TensorRT profile).
         work_dir: Where modules are exported to ONNX for onnxruntime/tensorrt (default: a
             temporary directory that lives as long as the engine).
+        export_options: Extra keyword arguments for :func:`engines.export.export_onnx`
+            (e.g. ``{"exporter": "torchscript"}``).
         options: Passed to the backend's engine class (e.g. ``cuda_graphs=True`` for torch,
             ``threads=2`` for onnxruntime, ``cache=EngineCache(...)`` for tensorrt).
 
@@ -157,7 +160,7 @@ def create_engine(
         from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 
         check_precision("onnxruntime", precision, ("fp32", "fp16"))
-        onnx_path, keepalive = _as_onnx(resolved, precision, max_batch, work_dir)
+        onnx_path, keepalive = _as_onnx(resolved, precision, max_batch, work_dir, export_options)
         engine = OnnxRuntimeEngine(onnx_path, device=device, **options)
         engine._keepalive = keepalive  # type: ignore[attr-defined]
         return engine
@@ -169,14 +172,18 @@ def create_engine(
     if isinstance(resolved, Path) and resolved.suffix in (".plan", ".engine"):
         options.setdefault("name", resolved.stem)
         return TensorRTEngine(resolved.read_bytes(), device=index, precision=precision, **options)
-    onnx_path, keepalive = _as_onnx(resolved, precision, max_batch, work_dir)
+    onnx_path, keepalive = _as_onnx(resolved, precision, max_batch, work_dir, export_options)
     engine = load_or_build_engine(onnx_path, max_batch=max_batch, precision=precision, device=index, **options)
     engine._keepalive = keepalive  # type: ignore[attr-defined]
     return engine
 
 
 def _as_onnx(
-    resolved: nn.Module | Path, precision: str, max_batch: int, work_dir: str | os.PathLike[str] | None
+    resolved: nn.Module | Path,
+    precision: str,
+    max_batch: int,
+    work_dir: str | os.PathLike[str] | None,
+    export_options: dict[str, Any] | None,
 ) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     """An ONNX file for ``resolved``: itself if it is one, else an export (dynamic batch)."""
     if isinstance(resolved, Path):
@@ -192,5 +199,7 @@ def _as_onnx(
     config = getattr(resolved, "network_config", None)
     stem = config.name if config is not None else type(resolved).__name__
     path = Path(work_dir) / f"{stem}-{precision}.onnx"
-    export_onnx(resolved, path, fp16=precision == "fp16", batch="dynamic", max_batch=max(max_batch, 2))
+    export_onnx(
+        resolved, path, fp16=precision == "fp16", batch="dynamic", max_batch=max(max_batch, 2), **(export_options or {})
+    )
     return path, keepalive

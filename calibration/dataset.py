@@ -43,7 +43,9 @@ def _ellipse_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def _heatmaps(channels: int, size: int, rng: np.random.Generator, value_range: tuple[float, float]) -> np.ndarray:
+def _heatmaps(
+    channels: int, size: int, rng: np.random.Generator, value_range: tuple[float, float]
+) -> np.ndarray:
     """One Gaussian blob per channel, placed around a face-shaped ellipse with jitter."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angles = np.linspace(0, 2 * np.pi, channels, endpoint=False) + rng.uniform(0, 0.2)
@@ -121,7 +123,7 @@ def build_calibration_set(
 
 
 def load_calibration_set(path: str | os.PathLike[str]) -> tuple[str, dict[str, np.ndarray]]:
-    """``(network name, {input name: (N, C, H, W) array})`` from a file written by :func:`build_calibration_set`."""
+    """``(network name, {input name: (N, C, H, W) array})`` from a :func:`build_calibration_set` file."""
     with np.load(path, allow_pickle=False) as data:
         name = str(data["network"])
         config = get_network_config(name)

@@ -38,7 +38,9 @@ def count_flops(model: nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> fl
     """FLOPs of one forward pass at ``input_shapes`` (counted on the meta device; nothing runs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = copy.deepcopy(model).to("meta") if any(p.device.type != "meta" for p in model.parameters()) else model
+    meta = (
+        copy.deepcopy(model).to("meta") if any(p.device.type != "meta" for p in model.parameters()) else model
+    )
     inputs = [torch.empty(shape, device="meta") for shape in input_shapes]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -140,7 +142,11 @@ def benchmark_engines(
         for backend in backends:
             for precision in precisions:
                 row: dict[str, Any] = {
-                    "network": name, "backend": backend, "precision": precision, "batch": batch, "size": side,
+                    "network": name,
+                    "backend": backend,
+                    "precision": precision,
+                    "batch": batch,
+                    "size": side,
                 }
                 try:
                     engine = create_engine(
@@ -153,7 +159,9 @@ def benchmark_engines(
                     continue
                 try:
                     row.update(backend=engine.backend, device=engine.device)
-                    row.update(_stats(_time_calls(lambda e=engine: e(*inputs), iters, warmup), batch, flops))
+                    row.update(
+                        _stats(_time_calls(lambda e=engine, xs=inputs: e(*xs), iters, warmup), batch, flops)
+                    )
                 finally:
                     engine.close()
                 rows.append(row)
@@ -226,7 +234,8 @@ def benchmark_chain(
 
         total = _time_calls(chain, iters, warmup)
         stages = {
-            name: _stats(times[warmup:], batch, f) for (name, times), f in zip(stage_times.items(), flops, strict=True)
+            name: _stats(times[warmup:], batch, f)
+            for (name, times), f in zip(stage_times.items(), flops, strict=True)
         }
         return {
             "backend": engines_[0].backend,
@@ -244,7 +253,10 @@ def benchmark_chain(
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :func:`benchmark_engines` rows."""
-    header = f"{'network':28} {'backend':12} {'prec':5} {'dev':7} {'bs':>3} {'ms':>9} {'items/s':>9} {'GFLOP':>8} {'TFLOP/s':>8}"
+    header = (
+        f"{'network':28} {'backend':12} {'prec':5} {'dev':7} {'bs':>3} {'ms':>9} {'items/s':>9} "
+        f"{'GFLOP':>8} {'TFLOP/s':>8}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         if "skipped" in r:

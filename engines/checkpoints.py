@@ -62,7 +62,9 @@ def _preview(keys: list[str]) -> str:
     return shown + (f", ... (+{len(keys) - _DIFF_PREVIEW})" if len(keys) > _DIFF_PREVIEW else "")
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = ""
+) -> None:
     """Load ``state_dict`` into ``model`` requiring identical keys and shapes.
 
     Raises:
@@ -83,7 +85,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
                 logger.error("state_dict%s: %s: %s", where, title, key)
         parts = [
             f"{len(keys)} {title} ({_preview(keys)})"
-            for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            for title, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", mismatched),
+            )
             if keys
         ]
         raise CheckpointError(f"state_dict{where} does not fit {type(model).__name__}: " + "; ".join(parts))

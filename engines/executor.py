@@ -82,8 +82,7 @@ class Device(Protocol):
 
     name: str
 
-    def create_stream(self, name: str) -> Stream:
-        ...
+    def create_stream(self, name: str) -> Stream: ...
 
     def alloc_host(self, shape: tuple[int, ...], dtype: np.dtype) -> HostBuffer:
         """A host buffer suitable for asynchronous copies (pinned on CUDA)."""
@@ -97,8 +96,7 @@ class Device(Protocol):
         """Copy device array ``value`` into the first rows of ``host`` on ``stream``."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------- CPU
@@ -354,7 +352,9 @@ class PipelinedExecutor:
             buf.array.shape[1:] != x.shape[1:] or buf.array.dtype != x.dtype
             for buf, x in zip(slot.host_inputs, inputs, strict=False)
         ):
-            slot.host_inputs = [self.device.alloc_host((self.max_batch, *x.shape[1:]), x.dtype) for x in inputs]
+            slot.host_inputs = [
+                self.device.alloc_host((self.max_batch, *x.shape[1:]), x.dtype) for x in inputs
+            ]
         for buf, x in zip(slot.host_inputs, inputs, strict=True):
             buf.array[:rows] = x
 
@@ -369,7 +369,8 @@ class PipelinedExecutor:
         def download(stream: Stream) -> None:
             outs = slot.device_outputs
             if len(slot.host_outputs) != len(outs) or any(
-                tuple(buf.array.shape[1:]) != tuple(o.shape[1:]) for buf, o in zip(slot.host_outputs, outs, strict=False)
+                tuple(buf.array.shape[1:]) != tuple(o.shape[1:])
+                for buf, o in zip(slot.host_outputs, outs, strict=False)
             ):
                 slot.host_outputs = [
                     device.alloc_host((self.max_batch, *o.shape[1:]), _np_dtype(o)) for o in outs
@@ -414,7 +415,9 @@ class PipelinedExecutor:
         while self.in_flight():
             yield self.get()
 
-    def run_frames(self, frames: Iterable[Sequence[Sequence[np.ndarray]]]) -> Iterator[list[list[np.ndarray]]]:
+    def run_frames(
+        self, frames: Iterable[Sequence[Sequence[np.ndarray]]]
+    ) -> Iterator[list[list[np.ndarray]]]:
         """Per frame, the faces' inputs (one tuple of arrays per face, no batch axis) run as one batch;
         yields per frame the outputs of each face, in frame order."""
         counts: deque[int] = deque()

@@ -80,7 +80,9 @@ def io_spec(model: nn.Module, *, config: NetworkConfig | None = None, size: int 
     """I/O of ``model``: from ``config`` (or ``model.network_config``), else inferred from its class."""
     config = config or getattr(model, "network_config", None)
     if config is not None:
-        return IOSpec(config.input_names, config.output_names, config.input_shapes(1, size), config.value_range)
+        return IOSpec(
+            config.input_names, config.output_names, config.input_shapes(1, size), config.value_range
+        )
     side = size or 256
     if isinstance(model, MultiScaleResUNet):
         levels = model.pyramid_levels
@@ -288,9 +290,7 @@ def export_onnx(
     cast_io = dtype if fp16 and io_dtype == "float32" else None
     wrapper = _PositionalInputs(net, len(spec.input_names), cast_io).eval()
     graph_io_dtype = torch.float32 if (not fp16 or cast_io is not None) else torch.float16
-    example = tuple(
-        torch.from_numpy(x).to(graph_io_dtype) for x in _random_inputs(spec, example_batch, seed)
-    )
+    example = tuple(torch.from_numpy(x).to(graph_io_dtype) for x in _random_inputs(spec, example_batch, seed))
 
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,14 +300,23 @@ def export_onnx(
     try:
         try:
             _run_export(
-                wrapper, example, tmp, exporter=exporter, opset=opset, spec=spec, dynamic=dynamic, max_batch=max_batch
+                wrapper,
+                example,
+                tmp,
+                exporter=exporter,
+                opset=opset,
+                spec=spec,
+                dynamic=dynamic,
+                max_batch=max_batch,
             )
         except Exception as exc:
             raise ExportError(f"{exporter} export of {type(model).__name__} failed: {exc}") from exc
         import onnx
 
         onnx.checker.check_model(str(tmp))
-        parity = _check_parity(tmp, reference, spec, fp16=fp16, batches=(1, 3) if dynamic else (int(batch),), seed=seed)
+        parity = _check_parity(
+            tmp, reference, spec, fp16=fp16, batches=(1, 3) if dynamic else (int(batch),), seed=seed
+        )
         failed = [p for p in parity if not p.passed]
         if failed:
             worst = max(failed, key=lambda p: p.max_abs / p.tolerance)
@@ -335,7 +344,12 @@ def export_onnx(
     )
     logger.info(
         "exported %s (%s, %s, batch %s) max abs %.3g in %.1f s",
-        path, exporter, report.precision, batch, report.max_abs, report.seconds,
+        path,
+        exporter,
+        report.precision,
+        batch,
+        report.max_abs,
+        report.seconds,
     )
     return report
 

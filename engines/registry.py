@@ -48,9 +48,9 @@ class NetworkConfig:
     name: str
     """Registry name, ``architecture`` or ``architecture.tag``."""
     arch: str
-    """FSGAN architecture string ``module.Class(kwargs)``, parsed (never evaluated) by ``engines.archstring``."""
+    """FSGAN architecture string ``module.Class(kwargs)``, parsed (never evaluated) by ``archstring``."""
     task: str
-    """What the network does in the chain: ``reenactment``, ``segmentation``, ``inpainting`` or ``blending``."""
+    """Its job in the chain: ``reenactment``, ``segmentation``, ``inpainting`` or ``blending``."""
     description: str = ""
     """One line for ``facestream models``."""
     in_channels: int = 3
@@ -86,7 +86,9 @@ class NetworkConfig:
         if not self.dynamic_axes:
             object.__setattr__(self, "dynamic_axes", _batch_axes(self.input_names + self.output_names))
         if len(self.input_names) != self.pyramid_levels:
-            raise ValueError(f"{self.name}: {len(self.input_names)} input names for {self.pyramid_levels} levels")
+            raise ValueError(
+                f"{self.name}: {len(self.input_names)} input names for {self.pyramid_levels} levels"
+            )
         if len(self.output_names) != len(self.out_channels):
             raise ValueError(f"{self.name}: output_names and out_channels differ in length")
 
@@ -103,7 +105,9 @@ class NetworkConfig:
     def input_shapes(self, batch: int = 1, size: int | None = None) -> tuple[tuple[int, int, int, int], ...]:
         """NCHW shape of each input, finest level first (``size`` defaults to ``input_size``)."""
         side = self.input_size if size is None else size
-        return tuple((batch, self.in_channels, side >> level, side >> level) for level in range(self.pyramid_levels))
+        return tuple(
+            (batch, self.in_channels, side >> level, side >> level) for level in range(self.pyramid_levels)
+        )
 
     def tiny(self, *, arch: str, input_size: int = 64) -> NetworkConfig:
         """The ``.tiny`` test variant of this network with a narrower architecture."""

@@ -21,11 +21,15 @@ EXPORT = {"export_options": {"exporter": "torchscript"}}
 def photos() -> list[np.ndarray]:
     import cv2
 
-    hopper = cv2.cvtColor(cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)), cv2.COLOR_BGR2RGB)
+    hopper = cv2.cvtColor(
+        cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)), cv2.COLOR_BGR2RGB
+    )
     return [skimage.data.astronaut(), hopper]
 
 
-@pytest.mark.parametrize("network", ["fsgan_blending_v2.tiny", "fsgan_reenactment_v2.tiny", "fsgan_segmentation_v2.tiny"])
+@pytest.mark.parametrize(
+    "network", ["fsgan_blending_v2.tiny", "fsgan_reenactment_v2.tiny", "fsgan_segmentation_v2.tiny"]
+)
 def test_calibration_set_layout(tmp_path: Path, photos: list[np.ndarray], network: str) -> None:
     path = build_calibration_set(network, photos, tmp_path / "cal.npz")
     name, arrays = load_calibration_set(path)

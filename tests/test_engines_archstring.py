@@ -27,7 +27,9 @@ def test_spellings_of_the_same_architecture(text: str) -> None:
 
 
 def test_literal_kinds() -> None:
-    spec = parse_arch("simple_unet_02.UNet(num_classes=3, feature_scale=16, is_deconv=False, is_batchnorm=True)")
+    spec = parse_arch(
+        "simple_unet_02.UNet(num_classes=3, feature_scale=16, is_deconv=False, is_batchnorm=True)"
+    )
     assert spec.cls is simple_unet_02.UNet
     assert spec.kwargs["is_deconv"] is False
     spec = parse_arch("res_unet_split.MultiScaleResUNet(in_nc=71,out_nc=(3,3),max_nc=None,ngf=8)")

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 import engines
-from engines.bench import CHAIN_V2, benchmark_chain, benchmark_engines, count_flops, format_table, network_flops
+from engines.bench import (
+    CHAIN_V2,
+    benchmark_chain,
+    benchmark_engines,
+    count_flops,
+    format_table,
+    network_flops,
+)
 
 
 def _conv_flops_by_hooks(model: nn.Module, inputs: list[torch.Tensor]) -> float:
@@ -41,7 +48,13 @@ def test_flop_count_matches_conv_arithmetic(name: str) -> None:
 
 def test_benchmark_rows() -> None:
     rows = benchmark_engines(
-        ["fsgan_segmentation_v2.tiny"], ["torch", "tensorrt"], ["fp32"], batch=2, iters=2, warmup=1, device="cpu"
+        ["fsgan_segmentation_v2.tiny"],
+        ["torch", "tensorrt"],
+        ["fp32"],
+        batch=2,
+        iters=2,
+        warmup=1,
+        device="cpu",
     )
     assert len(rows) == 2
     ran, skipped = rows

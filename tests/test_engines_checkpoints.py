@@ -40,7 +40,9 @@ def test_key_mismatch_is_reported(tmp_path: Path, tiny_state: dict[str, torch.Te
     broken["extra.weight"] = torch.zeros(1)
     broken["final.weight"] = torch.zeros(5, 4, 1, 1)
     torch.save({"arch": TINY_ARCH, "state_dict": broken}, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError, match=r"1 missing \(final.bias\); 1 unexpected \(extra.weight\); 1 shape"):
+    with pytest.raises(
+        CheckpointError, match=r"1 missing \(final.bias\); 1 unexpected \(extra.weight\); 1 shape"
+    ):
         engines.load_checkpoint(tmp_path / "broken.pth")
     assert any("final.bias" in r.getMessage() for r in caplog.records)
 

@@ -32,7 +32,9 @@ class RecordingDevice(CPUDevice):
         self.ticks = itertools.count()
         self.lock = threading.Lock()
         self.log: dict[tuple[str, int, str], int] = {}
-        self.started = {(stage, i): threading.Event() for stage in ("up", "comp", "down") for i in range(n_items)}
+        self.started = {
+            (stage, i): threading.Event() for stage in ("up", "comp", "down") for i in range(n_items)
+        }
         self.n_items = n_items
         self.gates = gates
         self.misses: list[str] = []

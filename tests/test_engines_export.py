@@ -22,7 +22,11 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def _torch(model: nn.Module, inputs: list[np.ndarray]) -> list[np.ndarray]:
     with torch.no_grad():
-        out = model([torch.from_numpy(x) for x in inputs]) if len(inputs) > 1 else model(torch.from_numpy(inputs[0]))
+        out = (
+            model([torch.from_numpy(x) for x in inputs])
+            if len(inputs) > 1
+            else model(torch.from_numpy(inputs[0]))
+        )
     return [y.numpy() for y in (out if isinstance(out, tuple) else (out,))]
 
 
@@ -52,7 +56,9 @@ def test_fp16_dynamic_batch_graph_is_fp16_end_to_end(tmp_path: Path) -> None:
     for batch in (1, 4):
         rng = np.random.default_rng(batch)
         inputs = [rng.uniform(-1, 1, (batch, 7, s, s)).astype(np.float32) for s in (64, 32)]
-        (out,) = session.run(None, {n: x.astype(np.float16) for n, x in zip(report.input_names, inputs, strict=True)})
+        (out,) = session.run(
+            None, {n: x.astype(np.float16) for n, x in zip(report.input_names, inputs, strict=True)}
+        )
         (ref,) = _torch(model, inputs)
         assert out.dtype == np.float16 and out.shape == (batch, 3, 64, 64)
         assert np.abs(out.astype(np.float32) - ref).max() <= FP16_ATOL + FP16_RTOL * np.abs(ref).max()
@@ -63,7 +69,10 @@ def test_fp16_with_fp32_io_casts_only_at_the_boundary(tmp_path: Path) -> None:
     report = export_onnx(model, tmp_path / "s16.onnx", fp16=True, io_dtype="float32", exporter="torchscript")
     assert report.passed and report.io_dtype == "float32"
     summary = graph_summary(report.path)
-    assert summary["inputs"]["input"]["dtype"] == "float32" and summary["outputs"]["logits"]["dtype"] == "float32"
+    assert (
+        summary["inputs"]["input"]["dtype"] == "float32"
+        and summary["outputs"]["logits"]["dtype"] == "float32"
+    )
     assert summary["ops"]["Cast"] == 2  # one after the input, one before the output
     assert summary["float_constants"].get("float16", 0) > 0
 
@@ -82,7 +91,13 @@ class _BranchOnBatch(nn.Module):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_parity_failure_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     config = NetworkConfig(
-        name="branchy", arch="", task="test", pyramid_levels=1, input_names=("x",), output_names=("y",), input_size=8
+        name="branchy",
+        arch="",
+        task="test",
+        pyramid_levels=1,
+        input_names=("x",),
+        output_names=("y",),
+        input_size=8,
     )
     target = tmp_path / "branchy.onnx"
     with pytest.raises(ExportError, match="differs from torch"):

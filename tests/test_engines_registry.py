@@ -28,7 +28,12 @@ def test_configs_are_frozen_and_complete() -> None:
     config = engines.get_network_config("fsgan_reenactment_v2")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.input_size = 128  # type: ignore[misc]
-    assert (config.input_size, config.crop_scale, config.value_range, config.pyramid_levels) == (256, 1.2, (-1.0, 1.0), 2)
+    assert (config.input_size, config.crop_scale, config.value_range, config.pyramid_levels) == (
+        256,
+        1.2,
+        (-1.0, 1.0),
+        2,
+    )
     assert config.input_shapes(4) == ((4, 101, 256, 256), (4, 101, 128, 128))
     assert set(config.dynamic_axes) == {"level0", "level1", "output"}
     assert config.weight_file == "nfv_msrunet_256_1_2_reenactment_v2.1.pth"

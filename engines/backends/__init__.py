@@ -78,7 +78,11 @@ def resolve_backend(backend: str = "auto", device: str | None = None) -> tuple[s
     if backend != "auto" and device is not None:
         return backend, device  # explicit: an unavailable backend raises its own precise error
     for candidate, candidate_kind in AUTO_ORDER:
-        if backend in ("auto", candidate) and kind in (None, candidate_kind) and _available(candidate, candidate_kind):
+        if (
+            backend in ("auto", candidate)
+            and kind in (None, candidate_kind)
+            and _available(candidate, candidate_kind)
+        ):
             return candidate, device or ("cuda:0" if candidate_kind == "cuda" else "cpu")
     if backend == "auto":
         return "torch", device or "cpu"
@@ -102,7 +106,9 @@ def _resolve_source(source: Any) -> nn.Module | Path:
 
         logger.warning("%s: building the registered network with random weights", source)
         return create_network(str(source))
-    raise TypeError(f"source must be an nn.Module, a model file or a network name, got {type(source).__name__}")
+    raise TypeError(
+        f"source must be an nn.Module, a model file or a network name, got {type(source).__name__}"
+    )
 
 
 def create_engine(
@@ -173,7 +179,9 @@ def create_engine(
         options.setdefault("name", resolved.stem)
         return TensorRTEngine(resolved.read_bytes(), device=index, precision=precision, **options)
     onnx_path, keepalive = _as_onnx(resolved, precision, max_batch, work_dir, export_options)
-    engine = load_or_build_engine(onnx_path, max_batch=max_batch, precision=precision, device=index, **options)
+    engine = load_or_build_engine(
+        onnx_path, max_batch=max_batch, precision=precision, device=index, **options
+    )
     engine._keepalive = keepalive  # type: ignore[attr-defined]
     return engine
 
@@ -200,6 +208,11 @@ def _as_onnx(
     stem = config.name if config is not None else type(resolved).__name__
     path = Path(work_dir) / f"{stem}-{precision}.onnx"
     export_onnx(
-        resolved, path, fp16=precision == "fp16", batch="dynamic", max_batch=max(max_batch, 2), **(export_options or {})
+        resolved,
+        path,
+        fp16=precision == "fp16",
+        batch="dynamic",
+        max_batch=max(max_batch, 2),
+        **(export_options or {}),
     )
     return path, keepalive

@@ -57,7 +57,8 @@ def check_precision(backend: str, precision: str, supported: Sequence[str]) -> N
     """Raise ValueError naming the supported precisions when ``precision`` is not one of them."""
     if precision not in supported:
         raise ValueError(
-            f"precision {precision!r} is not supported by the {backend} backend; supported: {', '.join(supported)}"
+            f"precision {precision!r} is not supported by the {backend} backend; "
+            f"supported: {', '.join(supported)}"
         )
 
 

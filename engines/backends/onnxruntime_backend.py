@@ -77,7 +77,10 @@ class OnnxRuntimeEngine(EngineBase):
                     "ONNX Runtime has no CUDAExecutionProvider here (install onnxruntime-gpu); "
                     f"providers: {', '.join(ort.get_available_providers())}"
                 )
-            providers: list = [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+            providers: list = [
+                ("CUDAExecutionProvider", {"device_id": int(index or 0)}),
+                "CPUExecutionProvider",
+            ]
         else:
             providers = ["CPUExecutionProvider"]
         self._session = ort.InferenceSession(str(path), options, providers=providers)

@@ -122,7 +122,9 @@ def _onnx_inputs(path: Path) -> list[tuple[str, list[int | str]]]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        dims = [d.dim_param or (d.dim_value if d.dim_value > 0 else "?") for d in value.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_param or (d.dim_value if d.dim_value > 0 else "?") for d in value.type.tensor_type.shape.dim
+        ]
         out.append((value.name, dims))
     return out
 
@@ -138,7 +140,9 @@ def profile_from_onnx(
         ValueError: batch bounds out of order, or a dynamic axis other than the batch.
     """
     if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
+        raise ValueError(
+            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}"
+        )
     shapes = []
     for name, dims in _onnx_inputs(Path(path)):
         rest = dims[1:]
@@ -266,7 +270,9 @@ class TensorRTEngine(EngineBase):
 
     backend = "tensorrt"
 
-    def __init__(self, plan: bytes, *, device: int = 0, name: str = "engine", precision: str = "fp16") -> None:
+    def __init__(
+        self, plan: bytes, *, device: int = 0, name: str = "engine", precision: str = "fp16"
+    ) -> None:
         trt = import_tensorrt()
         cudart = import_cudart()
         self._trt, self._cudart = trt, cudart
@@ -300,8 +306,12 @@ class TensorRTEngine(EngineBase):
             buf.ensure(x.nbytes)
             buf.host_array(x.shape, x.dtype)[...] = x  # pinned staging makes the copy truly async
             if not self._context.set_input_shape(name, x.shape):
-                raise ValueError(f"{self.name}: input {name!r} shape {x.shape} is outside the engine's profile")
-            _check(cudart, cudart.cudaMemcpyAsync(buf.device, buf.host, x.nbytes, h2d, stream), "cudaMemcpyAsync")
+                raise ValueError(
+                    f"{self.name}: input {name!r} shape {x.shape} is outside the engine's profile"
+                )
+            _check(
+                cudart, cudart.cudaMemcpyAsync(buf.device, buf.host, x.nbytes, h2d, stream), "cudaMemcpyAsync"
+            )
             self._context.set_tensor_address(name, buf.device)
         shapes = {}
         for name in self.output_names:
@@ -315,10 +325,13 @@ class TensorRTEngine(EngineBase):
         for name in self.output_names:
             buf = self._buffers[name]
             nbytes = int(np.prod(shapes[name])) * self._dtypes[name].itemsize
-            _check(cudart, cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, stream), "cudaMemcpyAsync")
+            _check(
+                cudart, cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, stream), "cudaMemcpyAsync"
+            )
         _check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return [
-            self._buffers[n].host_array(shapes[n], self._dtypes[n]).astype(np.float32) for n in self.output_names
+            self._buffers[n].host_array(shapes[n], self._dtypes[n]).astype(np.float32)
+            for n in self.output_names
         ]
 
     def close(self) -> None:
@@ -351,7 +364,10 @@ def load_or_build_engine(
     cache = cache or EngineCache()
     profile = profile_from_onnx(onnx_path, opt_batch=min(opt_batch, max_batch), max_batch=max_batch)
     key = cache_key(onnx_path, profile, precision=precision, device=device)
-    timing = cache.root / f"timing-{key.tensorrt_version}-sm{key.compute_capability[0]}{key.compute_capability[1]}.cache"
+    timing = (
+        cache.root
+        / f"timing-{key.tensorrt_version}-sm{key.compute_capability[0]}{key.compute_capability[1]}.cache"
+    )
 
     def build() -> bytes:
         return build_serialized_engine(onnx_path, profile, timing_cache=timing)

@@ -120,7 +120,9 @@ class FlatBlock(nn.Module):
 class SkipConnectionBlock(nn.Module):
     """One UNet level: ``flat(x + up(submodule(down(x))))``; the innermost level is just ``flat(x)``."""
 
-    def __init__(self, ngf: int, sub_ngf: int, submodule: SkipConnectionBlock | None, flat_layers: int) -> None:
+    def __init__(
+        self, ngf: int, sub_ngf: int, submodule: SkipConnectionBlock | None, flat_layers: int
+    ) -> None:
         super().__init__()
         # Registration order (submodule first) mirrors the released checkpoints' key order.
         self.submodule = submodule
@@ -341,7 +343,9 @@ class MultiScaleResUNet(nn.Module):
         return getattr(self, f"enhancer{self.n_local_enhancers}").heads(x)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MultiScaleResUNet) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: MultiScaleResUNet
+) -> dict[str, torch.Tensor]:
     """Remap foreign layouts onto ``model``: a state dict of the global generator alone (no ``base.``
     key) is loaded into ``base``, as FSGAN's loader allows; anything else is returned unchanged."""
     if any(key.startswith("base.") for key in state_dict):

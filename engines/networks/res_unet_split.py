@@ -63,7 +63,9 @@ _V1 = NetworkConfig(
 
 @register_network(
     _V1,
-    _V1.tiny(arch="res_unet_split.MultiScaleResUNet(in_nc=71,out_nc=(3,3),flat_layers=(2,0,2,3),ngf=8,max_nc=64)"),
+    _V1.tiny(
+        arch="res_unet_split.MultiScaleResUNet(in_nc=71,out_nc=(3,3),flat_layers=(2,0,2,3),ngf=8,max_nc=64)"
+    ),
 )
 def fsgan_res_unet_split(config: NetworkConfig) -> MultiScaleResUNet:
     """Build a ``res_unet_split.MultiScaleResUNet`` from its registered configuration."""

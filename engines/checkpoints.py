@@ -31,7 +31,7 @@ from engines.archstring import build_from_arch, parse_arch
 from engines.cache import file_sha256
 from engines.exceptions import CheckpointError, ChecksumError
 from engines.networks.res_unet import MultiScaleResUNet, checkpoint_filter_fn
-from engines.registry import NetworkConfig, get_network_config, network_for_weight_file
+from engines.registry import NetworkConfig, get_network_config, list_networks, network_for_weight_file
 
 __all__ = ["build", "file_sha256", "load_checkpoint", "load_state_dict_strict"]
 
@@ -116,6 +116,15 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"{path}: cannot be read as a torch checkpoint: {exc}") from exc
 
 
+def _config_for_arch(canonical: str) -> NetworkConfig | None:
+    """The registered network with this architecture (e.g. a ``.tiny`` variant), for I/O names/sizes."""
+    for name in list_networks():
+        config = get_network_config(name)
+        if parse_arch(config.arch).canonical() == canonical:
+            return config
+    return None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -136,7 +145,8 @@ def load_checkpoint(
 
     Returns:
         The network (eval mode). ``model.arch`` is the canonical architecture string and
-        ``model.network_config`` the registry config when the network is known.
+        ``model.network_config`` the registry config when the network is known (by name, by weight
+        file name, or by an identical architecture).
 
     Raises:
         CheckpointError: unreadable or unsafe file, unknown layout, or a key/shape mismatch.
@@ -178,6 +188,8 @@ def load_checkpoint(
         logger.warning("%s: using arch %r instead of the file's %r", path, arch, file_arch)
 
     model = build(chosen_arch)
+    if config is None:
+        config = _config_for_arch(model.arch)
     state_dict = _strip_prefix(state_dict)
     if isinstance(model, MultiScaleResUNet):
         state_dict = checkpoint_filter_fn(state_dict, model)

@@ -18,6 +18,7 @@ NETWORKS = ("reenactment_v2", "inpainting_v2", "blending_v2", "reenactment_v1", 
 def test_fixture_checkpoint_reproduces_official_outputs(fsgan_fixtures: Path, net: str) -> None:
     model = engines.load_checkpoint(fsgan_fixtures / f"{net}_small.pth")
     assert not model.training
+    assert model.network_config.name == f"fsgan_{net}.tiny"  # recognised by its architecture
     io = torch.load(fsgan_fixtures / f"{net}_small_io.pt", weights_only=True)
     inputs = io["inputs"]
     with torch.no_grad():

@@ -11,6 +11,7 @@ The entry points::
 
 from engines.backends import create_engine
 from engines.checkpoints import build, load_checkpoint
+from engines.export import export_onnx
 from engines.registry import NetworkConfig, create_network, get_network_config, list_networks
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "build",
     "create_engine",
     "create_network",
+    "export_onnx",
     "get_network_config",
     "list_networks",
     "load_checkpoint",

@@ -96,6 +96,10 @@ class Device(Protocol):
         """Copy device array ``value`` into the first rows of ``host`` on ``stream``."""
         ...
 
+    def hand_over(self, values: Sequence[Any], stream: Stream) -> None:
+        """``values`` made on another stream are about to be used on ``stream`` (allocator bookkeeping)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -176,6 +180,9 @@ class CPUDevice:
     def download(self, value: Any, host: HostBuffer, stream: Stream) -> None:
         host.array[: len(value)] = value
 
+    def hand_over(self, values: Sequence[Any], stream: Stream) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -248,9 +255,13 @@ class CudaDevice:
         return host.tensor[:rows].to(self._device, non_blocking=True)  # type: ignore[attr-defined]
 
     def download(self, value: Any, host: HostBuffer, stream: Stream) -> None:
-        # value was allocated on the compute stream: keep the allocator from reusing it too early.
-        value.record_stream(stream.stream)  # type: ignore[attr-defined]
         host.tensor[: value.shape[0]].copy_(value, non_blocking=True)  # type: ignore[attr-defined]
+
+    def hand_over(self, values: Sequence[Any], stream: Stream) -> None:
+        # Allocated on another stream: keep the caching allocator from reusing the memory before
+        # the work queued on `stream` has finished with it.
+        for value in values:
+            value.record_stream(stream.stream)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         import torch
@@ -364,10 +375,12 @@ class PipelinedExecutor:
             slot.device_inputs = [device.upload(buf, rows, stream) for buf in slot.host_inputs]
 
         def compute(stream: Stream) -> None:
+            device.hand_over(slot.device_inputs, stream)
             slot.device_outputs = list(self._compute(slot.device_inputs, stream))
 
         def download(stream: Stream) -> None:
             outs = slot.device_outputs
+            device.hand_over(outs, stream)
             if len(slot.host_outputs) != len(outs) or any(
                 tuple(buf.array.shape[1:]) != tuple(o.shape[1:])
                 for buf, o in zip(slot.host_outputs, outs, strict=False)

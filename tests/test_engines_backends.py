@@ -149,3 +149,39 @@ def test_shape_profile_key_is_canonical() -> None:
     a = ShapeProfile((("x", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),))
     b = ShapeProfile((("x", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),))
     assert a.key() == b.key() and a == b
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_torch_cuda_fp16_channels_last_and_graphs(
+    blending: torch.nn.Module, pyramid: list[np.ndarray]
+) -> None:
+    reference = _reference(blending, pyramid)
+    for graphs in (False, True):
+        with create_engine(blending, "torch", "fp16", "cuda", cuda_graphs=graphs) as engine:
+            for _ in range(2):  # the second call replays the captured graph
+                (out,) = engine(*pyramid)
+                assert np.abs(out - reference).max() <= 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TENSORRT or not torch.cuda.is_available(), reason="needs TensorRT and a CUDA GPU")
+def test_tensorrt_matches_onnxruntime(
+    tmp_path: Path, blending: torch.nn.Module, pyramid: list[np.ndarray]
+) -> None:
+    from engines.cache import EngineCache
+
+    report = export_onnx(blending, tmp_path / "gb16.onnx", fp16=True, batch="dynamic", max_batch=8)
+    cache = EngineCache(tmp_path / "cache")
+    with create_engine(report.path, "onnxruntime") as ort_engine:
+        (expected,) = ort_engine(*pyramid)
+    with create_engine(report.path, "tensorrt", "fp16", "cuda", max_batch=4, cache=cache) as trt_engine:
+        (out,) = trt_engine(*pyramid)
+        (single,) = trt_engine(*(x[:1] for x in pyramid))
+    assert np.abs(out - expected).max() <= 2e-2
+    assert np.abs(single - out[:1]).max() <= 2e-2
+    assert len(list(cache.root.glob("*.plan"))) == 1

@@ -179,3 +179,21 @@ def test_torch_engine_through_the_executor_matches_direct_calls() -> None:
 def test_cuda_device_needs_cuda() -> None:
     with pytest.raises(BackendUnavailableError, match="CPUDevice"):
         CudaDevice()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_streams_match_direct_calls() -> None:
+    torch.manual_seed(0)
+    model = engines.create_network("fsgan_segmentation_v2.tiny")
+    engine = TorchEngine(model, device="cuda", precision="fp16")
+
+    def compute(inputs: Sequence[Any], stream: Any) -> list[Any]:
+        return list(engine.run_tensors(*inputs))
+
+    rng = np.random.default_rng(0)
+    batches = [[rng.uniform(-1, 1, (b, 3, 64, 64)).astype(np.float32)] for b in (1, 2, 2, 1, 2)]
+    with PipelinedExecutor(CudaDevice(), compute, depth=3, max_batch=2) as executor:
+        piped = list(executor.run(batches))
+    for batch, out in zip(batches, piped, strict=True):
+        assert np.abs(out[0].astype(np.float32) - engine(*batch)[0]).max() <= 1e-3

@@ -82,6 +82,14 @@ def tensorrt_available() -> bool:
     return _ok(cudart, err) and count > 0
 
 
+def _handle(stream: Any) -> int:
+    """The raw ``cudaStream_t`` value TensorRT takes, from a cuda-python stream object."""
+    try:
+        return int(stream)
+    except TypeError:
+        return int(stream.getPtr())
+
+
 def _ok(cudart: Any, err: Any) -> bool:
     return err == cudart.cudaError_t.cudaSuccess
 
@@ -320,7 +328,7 @@ class TensorRTEngine(EngineBase):
             buf = self._buffers[name]
             buf.ensure(int(np.prod(shape)) * self._dtypes[name].itemsize)
             self._context.set_tensor_address(name, buf.device)
-        if not self._context.execute_async_v3(int(stream)):
+        if not self._context.execute_async_v3(_handle(stream)):
             raise EnginesError(f"{self.name}: execute_async_v3 failed")
         for name in self.output_names:
             buf = self._buffers[name]

@@ -1,0 +1,2 @@
+"""Inference backends."""
+def create_engine(*a, **k): raise NotImplementedError

@@ -35,7 +35,7 @@ def normalize_points(points_px: np.ndarray, size: int) -> np.ndarray:
 def _v2_radius(size: int) -> int:
     # d_max where the disc reaches 0: (1 - d / sqrt2) ** 8 = threshold.
     d = math.sqrt(2) * (1 - V2_THRESHOLD ** (1 / 8))
-    return int(math.ceil(d * size)) + 1
+    return math.ceil(d * size) + 1
 
 
 def _scatter(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
@@ -45,9 +45,10 @@ def _scatter(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.nda
     rr = np.broadcast_to(rows[..., :, None], values.shape)
     cc = np.broadcast_to(cols[..., None, :], values.shape)
     valid = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    plane = (np.arange(b)[:, None] * n + np.arange(n)[None, :])[..., None, None] * (h * w)
-    flat = plane + rr * w + cc
-    out.reshape(-1)[flat[valid]] = values[valid]
+    bi = np.broadcast_to(np.arange(b)[:, None, None, None], values.shape)
+    ni = np.broadcast_to(np.arange(n)[None, :, None, None], values.shape)
+    # 4-D fancy indexing (not a flat view) so that ``out`` may be a strided view of a larger array.
+    out[bi[valid], ni[valid], rr[valid], cc[valid]] = values[valid]
 
 
 def _output(b: int, n: int, size: int, out: np.ndarray | None) -> np.ndarray:
@@ -84,7 +85,7 @@ def heatmaps_v2(points01: np.ndarray, size: int, out: np.ndarray | None = None) 
 
 def v1_kernel_size(size: int) -> int:
     """Window of the v1 Gaussians: 13 at 256, 7 at 128 (odd, about ``size / 20``)."""
-    return {256: 13, 128: 7}.get(size, max(3, int(round(size / 20)) | 1))
+    return {256: 13, 128: 7}.get(size, max(3, round(size / 20) | 1))
 
 
 def heatmaps_v1(points_px: np.ndarray, size: int, sigma: float = V1_SIGMA, kernel: int | None = None,

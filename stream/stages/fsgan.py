@@ -52,6 +52,8 @@ class Engine(Protocol):
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]: ...
 
+    def close(self) -> None: ...
+
 
 # --- tensors ----------------------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ def soft_erosion(mask: np.ndarray, kernel_size: int = 21,
     kernel = (dist.max() - dist).astype(np.float32)
     kernel /= kernel.sum()
     x = cv2.filter2D(mask.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)
+    x[x < 1e-6] = 0.0  # large kernels are convolved by DFT: round-off around zero
     hard = x >= threshold
     soft = np.where(hard, 1.0, np.minimum(x / threshold, 1.0 - 1e-6)).astype(np.float32)
     return soft, hard
@@ -265,6 +268,7 @@ class FsganReenactorV2:
     def close(self) -> None:
         self._sources = []
         self._map = None
+        self.engine.close()
 
 
 def _affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -353,7 +357,7 @@ class FsganReenactorV1:
             heatmaps_v1(pts / 2, half, out=x1[:, 3:])
             outputs = self.engine(x0, x1)
             if len(outputs) < 2:
-                raise RuntimeError(f"{self.name}: v1 Gr returns (image, segmentation); got {len(outputs)} arrays")
+                raise RuntimeError(f"{self.name}: v1 Gr returns image and segmentation, got {len(outputs)}")
             image, seg = np.asarray(outputs[0], np.float32), np.asarray(outputs[1], np.float32)
             level0, level1 = pyramid(image)
         assert image is not None and seg is not None
@@ -366,6 +370,7 @@ class FsganReenactorV1:
 
     def close(self) -> None:
         self._sources = {}
+        self.engine.close()
 
 
 class FsganSegmenter:
@@ -413,7 +418,7 @@ class FsganSegmenter:
                 w.coverage = reenacted_face if w.coverage is None else reenacted_face * w.coverage
 
     def close(self) -> None:
-        pass
+        self.engine.close()
 
 
 def _hard(w: FaceWork, stage: str) -> np.ndarray:
@@ -453,7 +458,7 @@ class FsganCompleter:
             w.completed = img
 
     def close(self) -> None:
-        pass
+        self.engine.close()
 
 
 class FsganBlender:
@@ -490,4 +495,4 @@ class FsganBlender:
             w.alpha = w.face_mask
 
     def close(self) -> None:
-        pass
+        self.engine.close()

@@ -17,7 +17,6 @@ state dict (architecture then comes from ``arch=`` or ``network=``); either with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from engines.archstring import build_from_arch, parse_arch
+from engines.cache import file_sha256
 from engines.exceptions import CheckpointError, ChecksumError
 from engines.networks.res_unet import MultiScaleResUNet, checkpoint_filter_fn
 from engines.registry import NetworkConfig, get_network_config, network_for_weight_file
@@ -49,15 +49,6 @@ def build(arch: str) -> nn.Module:
     model = build_from_arch(arch)
     model.arch = parse_arch(arch).canonical()  # type: ignore[assignment]
     return model.eval()
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

@@ -17,7 +17,6 @@ import fnmatch
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
 from engines.exceptions import UnknownNetworkError
@@ -39,7 +38,7 @@ FSGAN_LICENSE = "CC0-1.0 (code and released weights, YuvalNirkin/fsgan)"
 
 
 def _batch_axes(names: tuple[str, ...]) -> Mapping[str, Mapping[int, str]]:
-    return MappingProxyType({name: MappingProxyType({0: "batch"}) for name in names})
+    return {name: {0: "batch"} for name in names}
 
 
 @dataclass(frozen=True)

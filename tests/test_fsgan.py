@@ -56,24 +56,7 @@ def tiny(name: str, **kwargs) -> Recorder:
     if name == "fsgan_segmentation_v2":  # random logits are nearly flat: favour the face class
         with torch.no_grad():
             model.final.bias[1] += 4.0
-    try:
-        return Recorder(engines.create_engine(model, backend="torch", **kwargs))
-    except NotImplementedError:  # TEMPORARY until engines' backends are merged
-        return Recorder(_ModuleEngine(model))
-
-
-class _ModuleEngine:
-    def __init__(self, model) -> None:
-        self.model = model.eval()
-
-    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        with torch.inference_mode():
-            xs = [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
-            out = self.model(xs if len(xs) > 1 else xs[0])
-        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
-
-    def close(self) -> None:
-        pass
+    return Recorder(engines.create_engine(model, backend="torch", **kwargs))
 
 
 def work(name: str = "astronaut", yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0,
@@ -275,3 +258,15 @@ def test_chain_pastes_a_finite_face_into_the_frame() -> None:
     assert ys.min() >= cy - side / 2 - 2 and ys.max() <= cy + side / 2 + 2
     assert set(frame.timings) >= {"fsgan_reenact_v2", "fsgan_segment", "fsgan_complete", "fsgan_blend"}
     chain.close()
+
+
+def test_batches_larger_than_max_batch_are_split() -> None:
+    bank = SourceBank([source("astronaut", 0, 0), source("hopper", 20, 0), source("astronaut", 0, 20)])
+    whole = FsganReenactorV2(tiny("fsgan_reenactment_v2"))
+    split = FsganReenactorV2(tiny("fsgan_reenactment_v2"), max_batch=2)
+    a, b = [work("astronaut", 5, 5, bank=bank)], [work("astronaut", 5, 5, bank=bank)]
+    for stage, faces in ((whole, a), (split, b)):
+        stage.set_source(bank)
+        stage.process(faces)
+    assert [c[0][0] for c in split.engine.calls] == [2, 1]
+    np.testing.assert_allclose(a[0].reenacted, b[0].reenacted, atol=1e-3)

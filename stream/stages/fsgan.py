@@ -185,6 +185,15 @@ def _check_crop(w: FaceWork, resolution: int, stage: str) -> None:
                          f"{w.image.shape[0]}; build the chain with CropSpec(size={resolution})")
 
 
+def run_batched(engine: Engine, inputs: Sequence[np.ndarray], max_batch: int | None) -> list[np.ndarray]:
+    """``engine(*inputs)``, in chunks of at most ``max_batch`` along the batch axis (None: one call)."""
+    n = inputs[0].shape[0]
+    if max_batch is None or n <= max_batch:
+        return list(engine(*inputs))
+    parts = [engine(*(x[i:i + max_batch] for x in inputs)) for i in range(0, n, max_batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
 def _single(outputs: Sequence[np.ndarray], stage: str) -> np.ndarray:
     if not outputs:
         raise RuntimeError(f"{stage}: the engine returned no output")
@@ -199,8 +208,10 @@ class FsganReenactorV2:
     kind: ClassVar[StageKind] = "reenact"
 
     def __init__(self, engine: Engine, *, resolution: int = 256, crop_scale: float = 1.2,
-                 min_radius: float = 2.0, name: str = "fsgan_reenact_v2") -> None:
+                 min_radius: float = 2.0, max_batch: int | None = None,
+                 name: str = "fsgan_reenact_v2") -> None:
         self.engine = engine
+        self.max_batch = max_batch
         self.resolution = resolution
         self.crop_scale = crop_scale
         self.min_radius = min_radius
@@ -257,7 +268,7 @@ class FsganReenactorV2:
             x1[k, 3:] = hm1[fi]
         x0[:, :3] = to_network(images0)
         x1[:, :3] = to_network(images1)
-        out = _single(self.engine(x0, x1), self.name)
+        out = _single(run_batched(self.engine, (x0, x1), self.max_batch), self.name)
         mixed = np.zeros((len(faces), *out.shape[1:]), np.float32)
         for k, (fi, _, wt) in enumerate(pairs):
             mixed[fi] += wt * out[k]
@@ -306,10 +317,11 @@ class FsganReenactorV1:
     kind: ClassVar[StageKind] = "reenact"
 
     def __init__(self, engine: Engine, *, steps: int = 2, resolution: int = 256, crop_scale: float = 1.2,
-                 name: str = "fsgan_reenact_v1") -> None:
+                 max_batch: int | None = None, name: str = "fsgan_reenact_v1") -> None:
         if steps < 1:
             raise InputError(f"reenactment steps must be at least 1, got {steps}")
         self.engine = engine
+        self.max_batch = max_batch
         self.steps = steps
         self.resolution = resolution
         self.crop_scale = crop_scale
@@ -355,7 +367,7 @@ class FsganReenactorV1:
             x0[:, :3], x1[:, :3] = level0, level1
             heatmaps_v1(pts, r, out=x0[:, 3:])
             heatmaps_v1(pts / 2, half, out=x1[:, 3:])
-            outputs = self.engine(x0, x1)
+            outputs = run_batched(self.engine, (x0, x1), self.max_batch)
             if len(outputs) < 2:
                 raise RuntimeError(f"{self.name}: v1 Gr returns image and segmentation, got {len(outputs)}")
             image, seg = np.asarray(outputs[0], np.float32), np.asarray(outputs[1], np.float32)
@@ -380,8 +392,9 @@ class FsganSegmenter:
 
     def __init__(self, engine: Engine, *, resolution: int = 256, erosion_kernel: int = 21,
                  erosion_threshold: float = 0.6, remove_mouth: bool = False, segment_reenacted: bool = True,
-                 name: str = "fsgan_segment") -> None:
+                 max_batch: int | None = None, name: str = "fsgan_segment") -> None:
         self.engine = engine
+        self.max_batch = max_batch
         self.resolution = resolution
         self.erosion_kernel = erosion_kernel
         self.erosion_threshold = erosion_threshold
@@ -401,7 +414,7 @@ class FsganSegmenter:
         with_reenacted = self.segment_reenacted and all(w.reenacted is not None for w in faces)
         if with_reenacted:
             images += [w.reenacted for w in faces]  # type: ignore[misc]
-        logits = _single(self.engine(to_network(np.stack(images))), self.name)
+        logits = _single(run_batched(self.engine, (to_network(np.stack(images)),), self.max_batch), self.name)
         labels = logits.argmax(1)
         inner = list(WFLW_GROUPS["inner_lips"])
         for i, w in enumerate(faces):
@@ -432,8 +445,10 @@ class FsganCompleter:
 
     kind: ClassVar[StageKind] = "complete"
 
-    def __init__(self, engine: Engine, *, resolution: int = 256, name: str = "fsgan_complete") -> None:
+    def __init__(self, engine: Engine, *, resolution: int = 256, max_batch: int | None = None,
+                 name: str = "fsgan_complete") -> None:
         self.engine = engine
+        self.max_batch = max_batch
         self.resolution = resolution
         self.name = name
 
@@ -453,7 +468,7 @@ class FsganCompleter:
             if w.coverage is not None:
                 x[i, :3, w.coverage < 0.5] = -1.0  # the background of the reenacted face is removed
             x[i, 3] = _hard(w, self.name)
-        out = _single(self.engine(*pyramid(x)), self.name)
+        out = _single(run_batched(self.engine, pyramid(x), self.max_batch), self.name)
         for w, img in zip(faces, from_network(out), strict=True):
             w.completed = img
 
@@ -466,8 +481,10 @@ class FsganBlender:
 
     kind: ClassVar[StageKind] = "blend"
 
-    def __init__(self, engine: Engine, *, resolution: int = 256, name: str = "fsgan_blend") -> None:
+    def __init__(self, engine: Engine, *, resolution: int = 256, max_batch: int | None = None,
+                 name: str = "fsgan_blend") -> None:
         self.engine = engine
+        self.max_batch = max_batch
         self.resolution = resolution
         self.name = name
 
@@ -489,7 +506,7 @@ class FsganBlender:
             x[i, :3] = to_network(transfer[None])[0]
             x[i, 3:6] = to_network(target[None])[0]
             x[i, 6] = hard
-        out = _single(self.engine(*pyramid(x)), self.name)
+        out = _single(run_batched(self.engine, pyramid(x), self.max_batch), self.name)
         for w, img in zip(faces, from_network(out), strict=True):
             w.output = np.round(img).astype(np.uint8)
             w.alpha = w.face_mask

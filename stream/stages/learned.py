@@ -72,7 +72,7 @@ ROLES: dict[str, ModelRole] = {
 _NAME_GEOMETRY = re.compile(r"_(\d+)_(\d+)_(\d+)_")
 
 EngineFactory = Callable[..., Engine]
-"""``factory(model, backend=..., precision=...) -> Engine``; ``engines.create_engine`` by default."""
+"""``factory(model, backend=, precision=, max_batch=) -> Engine``; ``engines.create_engine`` by default."""
 
 
 def _roles(version: str) -> tuple[str, ...]:
@@ -113,10 +113,10 @@ def geometry(path: Path, network: str) -> tuple[int, float]:
     return int(config.input_size), float(config.crop_scale)
 
 
-def _default_factory(model: nn.Module, *, backend: Backend, precision: Precision) -> Engine:
+def _default_factory(model: nn.Module, *, backend: Backend, precision: Precision, max_batch: int) -> Engine:
     import engines
 
-    return engines.create_engine(model, backend=backend, precision=precision)
+    return engines.create_engine(model, backend=backend, precision=precision, max_batch=max_batch)
 
 
 def learned_chain(
@@ -129,6 +129,7 @@ def learned_chain(
     steps: int = 2,
     min_radius: float = 2.0,
     remove_mouth: bool = False,
+    max_faces: int = 4,
     engine_factory: EngineFactory | None = None,
 ) -> StageChain:
     """The FSGAN chain reenact -> segment -> complete -> blend from the checkpoints in ``models_dir``.
@@ -143,7 +144,9 @@ def learned_chain(
         steps: Reenactment passes of v1 (ignored by v2).
         min_radius: Degrees within which v2 fuses near-identical source poses.
         remove_mouth: Keep the target's inner mouth (FSGAN's ``seg_remove_mouth``).
-        engine_factory: ``factory(model, backend=, precision=) -> Engine``; defaults to
+        max_faces: Faces per engine batch; a frame with more runs in several batches. v2's reenactor
+            batches up to three source frames per face, the segmenter two images per face.
+        engine_factory: ``factory(model, backend=, precision=, max_batch=) -> Engine``; defaults to
             ``engines.create_engine``.
 
     Raises:
@@ -152,30 +155,37 @@ def learned_chain(
     """
     import engines
 
+    if max_faces < 1:
+        raise InputError(f"max_faces must be at least 1, got {max_faces}")
     paths = find_models(models_dir, version)
     factory = engine_factory or _default_factory
+    batch = {"reenact_v2": 3 * max_faces, "reenact_v1": max_faces, "segment": 2 * max_faces,
+             "complete": max_faces, "blend": max_faces}
     built: dict[str, tuple[Engine, int, float]] = {}
     for role, path in paths.items():
         network = ROLES[role].network
         resolution, crop_scale = geometry(path, network)
         logger.info("loading %s from %s (%d px, crop scale %.1f)", network, path.name, resolution, crop_scale)
         model = engines.load_checkpoint(path, network=network)
-        built[role] = (factory(model, backend=backend, precision=precision), resolution, crop_scale)
+        engine = factory(model, backend=backend, precision=precision, max_batch=batch[role])
+        built[role] = (engine, resolution, crop_scale)
     stages: list[Stage] = []
     engine, res, scale = built[f"reenact_{version}"]
     if version == "v2":
-        stages.append(FsganReenactorV2(engine, resolution=res, crop_scale=scale, min_radius=min_radius))
+        stages.append(FsganReenactorV2(engine, resolution=res, crop_scale=scale, min_radius=min_radius,
+                                       max_batch=batch["reenact_v2"]))
     else:
-        stages.append(FsganReenactorV1(engine, steps=steps, resolution=res, crop_scale=scale))
+        stages.append(FsganReenactorV1(engine, steps=steps, resolution=res, crop_scale=scale,
+                                       max_batch=batch["reenact_v1"]))
     for role in ("segment", "complete", "blend"):
         res = built[role][1]
         if res != CHAIN_CROP.size:
             raise InputError(f"{paths[role].name} works at {res} px; the chain needs {CHAIN_CROP.size}")
     # v1's Gr segments its own output, so S only needs to segment the target.
     stages.append(FsganSegmenter(built["segment"][0], remove_mouth=remove_mouth,
-                                 segment_reenacted=version == "v2"))
-    stages.append(FsganCompleter(built["complete"][0]))
-    stages.append(FsganBlender(built["blend"][0]))
+                                 segment_reenacted=version == "v2", max_batch=batch["segment"]))
+    stages.append(FsganCompleter(built["complete"][0], max_batch=batch["complete"]))
+    stages.append(FsganBlender(built["blend"][0], max_batch=batch["blend"]))
     return StageChain(stages, CHAIN_CROP, faces)
 
 

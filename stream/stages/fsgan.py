@@ -36,7 +36,7 @@ from scipy.spatial.transform import Rotation
 from stream.appearance_map import AppearanceMap
 from stream.choices import StageKind
 from stream.exceptions import InputError
-from stream.frames import FaceWork, HeadPose, SourceFace, TrackedFace
+from stream.frames import CropTransform, FaceWork, HeadPose, SourceFace, TrackedFace
 from stream.heatmaps import heatmaps_v1, heatmaps_v2, normalize_points
 from stream.landmarks98 import WFLW_GROUPS, mesh_to_ibug68, mesh_to_wflw98
 from stream.stages.base import CropSpec, SourceBank
@@ -137,11 +137,16 @@ class SourceCrop:
     pose: HeadPose
 
 
-def cut_source(face: SourceFace, resolution: int, crop_scale: float) -> SourceCrop | None:
-    """The network crop of a source face (None when the face is too small to crop)."""
+def source_transform(face: SourceFace, resolution: int, crop_scale: float) -> CropTransform | None:
+    """The network crop of a source face, cut like a target's (None when the face is too small)."""
     proxy = TrackedFace(track_id=-1, landmarks=face.landmarks, pose=face.pose, bbox=_bbox(face.landmarks))
     h, w = face.image.shape[:2]
-    tf = CropSpec(size=resolution, scale=crop_scale).transform(proxy, w, h)
+    return CropSpec(size=resolution, scale=crop_scale).transform(proxy, w, h)
+
+
+def cut_source(face: SourceFace, resolution: int, crop_scale: float) -> SourceCrop | None:
+    """The network crop of a source face (None when the face is too small to crop)."""
+    tf = source_transform(face, resolution, crop_scale)
     if tf is None:
         return None
     return SourceCrop(tf.extract(face.image), tf.points_to_crop(face.landmarks), face.pose)
@@ -217,18 +222,22 @@ class FsganReenactorV2:
         self.min_radius = min_radius
         self.name = name
         self._net_crop = _NetworkCrop(resolution, crop_scale)
-        self._sources: list[SourceCrop] = []
+        self._sources: dict[int, SourceCrop] = {}
         self._map: AppearanceMap | None = None
 
     def set_source(self, bank: SourceBank) -> None:
-        crops = [cut_source(f, self.resolution, self.crop_scale) for f in bank.faces]
-        self._sources = [c for c in crops if c is not None]
-        if not self._sources:
+        usable = [f for f in bank.faces if source_transform(f, self.resolution, self.crop_scale) is not None]
+        if not usable:
             raise InputError("every source face is too small for the reenactment network's crop")
-        poses = np.array([[c.pose.yaw, c.pose.pitch] for c in self._sources], np.float64)
-        self._map = AppearanceMap(poses, self.min_radius)
-        logger.info("%s: appearance map of %d source frames (%d after fusing)", self.name,
-                    len(self._sources), len(self._map))
+        self._map = AppearanceMap(np.array([[f.pose.yaw, f.pose.pitch] for f in usable]), self.min_radius)
+        # Only the frames left after fusing are ever used: crop those alone (a long video has many).
+        self._sources = {}
+        for i in self._map.kept:
+            crop = cut_source(usable[i], self.resolution, self.crop_scale)
+            assert crop is not None
+            self._sources[int(i)] = crop
+        logger.info("%s: appearance map of %d source frames (%d after fusing)", self.name, len(usable),
+                    len(self._map))
 
     def _rotated(self, src: SourceCrop, target_roll: float) -> np.ndarray:
         """The source crop turned so that its roll becomes ``target_roll`` (about the crop centre)."""
@@ -277,7 +286,7 @@ class FsganReenactorV2:
             w.reenacted, w.coverage = _NetworkCrop.back(img, m, w.crop.size)
 
     def close(self) -> None:
-        self._sources = []
+        self._sources = {}
         self._map = None
         self.engine.close()
 
@@ -327,16 +336,25 @@ class FsganReenactorV1:
         self.crop_scale = crop_scale
         self.name = name
         self._net_crop = _NetworkCrop(resolution, crop_scale)
+        self._faces: list[SourceFace] = []
         self._sources: dict[int, SourceCrop] = {}
 
     def set_source(self, bank: SourceBank) -> None:
-        self._sources = {}
-        for face in bank.faces:
-            crop = cut_source(face, self.resolution, self.crop_scale)
-            if crop is not None:
-                self._sources[id(face)] = crop
-        if not self._sources:
+        res, scale = self.resolution, self.crop_scale
+        self._faces = [f for f in bank.faces if source_transform(f, res, scale) is not None]
+        if not self._faces:
             raise InputError("every source face is too small for the reenactment network's crop")
+        self._sources = {}  # crops are cut when a source is first chosen: a video may have many
+
+    def _crop(self, face: SourceFace) -> SourceCrop:
+        if source_transform(face, self.resolution, self.crop_scale) is None:
+            face = self._faces[0]  # the chain's nearest source is too small: take a usable one
+        crop = self._sources.get(id(face))
+        if crop is None:
+            crop = cut_source(face, self.resolution, self.crop_scale)
+            assert crop is not None
+            self._sources[id(face)] = crop
+        return crop
 
     def landmark_steps(self, source: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """The ``steps`` landmark sets (478, 3) the passes are driven by; the last is ``target``."""
@@ -347,12 +365,7 @@ class FsganReenactorV1:
             return
         r, half = self.resolution, self.resolution // 2
         mats = [self._net_crop.matrix(w) for w in faces]
-        srcs = []
-        for w in faces:
-            crop = self._sources.get(id(w.source))
-            if crop is None:  # the chain's nearest source was too small: take any usable one
-                crop = next(iter(self._sources.values()))
-            srcs.append(crop)
+        srcs = [self._crop(w.source) for w in faces]
         targets = [w.landmarks if m is None else _affine(w.landmarks, m)
                    for w, m in zip(faces, mats, strict=True)]
         plans = [self.landmark_steps(s.landmarks, t) for s, t in zip(srcs, targets, strict=True)]
@@ -381,6 +394,7 @@ class FsganReenactorV1:
             w.coverage = np.clip(fm_chain * cover, 0, 1)
 
     def close(self) -> None:
+        self._faces = []
         self._sources = {}
         self.engine.close()
 

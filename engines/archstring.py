@@ -132,7 +132,8 @@ def parse_arch(arch: str) -> ArchSpec:
     try:
         tree = ast.parse(arch.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        raise ArchitectureError(f"architecture string {arch!r} does not parse: {exc}") from None
+        shown = arch if len(arch) <= 80 else arch[:77] + "..."
+        raise ArchitectureError(f"architecture string {shown!r} does not parse: {exc}") from None
     call = tree.body
     if not isinstance(call, ast.Call):
         what = _NODE_WORDS.get(type(call), type(call).__name__)

@@ -194,7 +194,8 @@ def _run_export(
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)  # includes torch.jit.TracerWarning
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
         warnings.simplefilter("ignore", FutureWarning)
         if exporter == "dynamo":
             dynamic_shapes = None

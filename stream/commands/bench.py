@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of the --live run")
     p.add_argument("--batch", type=int, default=1, help="faces per call for --engines")
     p.add_argument("--device", default=None, help="torch device for --engines (default: cuda if available)")
+    p.add_argument("--tiny", action="store_true", help="--engines on the tiny test variants (quick smoke run)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engines:
         from stream.bench_engines import run_engine_bench
 
-        result = run_engine_bench(batch=args.batch, device=args.device)
+        result = run_engine_bench(batch=args.batch, device=args.device, tiny=args.tiny)
         print(result.pop("table"))
     elif args.live:
         from stream.bench_live import run_live_bench

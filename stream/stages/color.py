@@ -1,10 +1,9 @@
 """Colour correction for blending: match the source face's colours to the target's.
 
 Reinhard et al.'s colour transfer: per channel of CIELAB (OpenCV's 8-bit scaling), shift and scale
-the source pixels so their
-mean and standard deviation inside a mask equal the target's inside its mask. Skin tone and overall
-brightness then follow the target scene's lighting; Poisson blending would fix only the low
-frequencies near the seam, this fixes the whole face.
+the source pixels so their mean and standard deviation inside a mask equal the target's inside its
+mask. Skin tone and overall brightness then follow the target scene's lighting; Poisson blending
+would fix only the low frequencies near the seam, this fixes the whole face.
 """
 
 from __future__ import annotations

@@ -228,6 +228,8 @@ class MeshWarpReenactor:
                 cv2.remap(src, wm.map_x, wm.map_y, cv2.INTER_LINEAR,
                           dst=out[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw],
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                # Uncovered pixels hold no source: no folded or out-of-image samples leak on.
+                np.copyto(out[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw], 0.0, where=(wm.coverage <= 0)[..., None])
                 coverage[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw] = wm.coverage
             work.reenacted = out
             work.coverage = coverage

@@ -33,25 +33,27 @@ def _piecewise_affine_truth(tgt: np.ndarray, src: np.ndarray, tris: np.ndarray, 
     """For every pixel inside exactly one front-facing target triangle: that triangle and the
     barycentric image of the pixel in the source (an independent evaluation of the warp)."""
     h, w = shape
-    ys, xs = np.mgrid[0:h, 0:w]
-    p = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64)
-    truth = np.full((h * w, 2), np.nan)
-    owner = np.full(h * w, -1)
-    hits = np.zeros(h * w, int)
+    truth = np.full((h, w, 2), np.nan)
+    owner = np.full((h, w), -1)
+    hits = np.zeros((h, w), int)
     areas = mesh.signed_areas(tgt, tris)
     for k in np.flatnonzero(areas > 1e-6):
         a, b, c = tgt[tris[k], :2].astype(np.float64)
-        lo, hi = np.floor(np.minimum(np.minimum(a, b), c)), np.ceil(np.maximum(np.maximum(a, b), c))
-        sel = np.flatnonzero(((p >= lo) & (p <= hi)).all(1))
-        uv = np.linalg.solve(np.array([b - a, c - a]).T, (p[sel] - a).T).T
-        inside = (uv >= -1e-9).all(1) & (uv.sum(1) <= 1 + 1e-9)
-        sel, uv = sel[inside], uv[inside]
+        x0, y0 = np.maximum(np.floor(np.minimum(np.minimum(a, b), c)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(np.maximum(np.maximum(a, b), c)).astype(int) + 1, (w, h))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        p = np.stack([xs, ys], -1).reshape(-1, 2).astype(np.float64)
+        uv = np.linalg.solve(np.array([b - a, c - a]).T, (p - a).T).T
+        inside = ((uv >= -1e-9).all(1) & (uv.sum(1) <= 1 + 1e-9)).reshape(ys.shape)
         sa, sb, sc = src[tris[k], :2].astype(np.float64)
-        truth[sel] = sa + uv[:, :1] * (sb - sa) + uv[:, 1:] * (sc - sa)
-        owner[sel] = k
-        hits[sel] += 1
-    unique = hits == 1
-    return truth.reshape(h, w, 2), np.where(unique, owner, -1).reshape(h, w)
+        mapped = (sa + uv[:, :1] * (sb - sa) + uv[:, 1:] * (sc - sa)).reshape(*ys.shape, 2)
+        win = (slice(y0, y1), slice(x0, x1))
+        truth[win][inside] = mapped[inside]
+        owner[win][inside] = k
+        hits[win][inside] += 1
+    return truth, np.where(hits == 1, owner, -1)
 
 
 def _only_own_triangles(pts: np.ndarray, tris: np.ndarray, v: int) -> bool:

@@ -114,7 +114,7 @@ def test_blend_at_the_frame_border_has_no_seam(mode: str) -> None:
     MeshBlender(mode=mode).process([work])
     out, alpha = work.output, work.alpha
     assert out is not None and out.dtype == np.uint8 and out.shape == work.image.shape
-    assert alpha is not None and alpha.dtype == np.float32 and 0 <= alpha.min() and alpha.max() <= 1
+    assert alpha is not None and alpha.dtype == np.float32 and alpha.min() >= 0 and alpha.max() <= 1
     pasted = frame.copy()
     work.crop.paste(pasted, out, alpha)
     x0, y0 = work.crop.origin

@@ -64,7 +64,7 @@ def test_full_coverage_is_passed_through_without_work() -> None:
 
 
 def test_holes_outside_the_face_mask_are_left_alone() -> None:
-    work, truth, _ = _work_with_hole(120, 0.1)
+    work, _, _ = _work_with_hole(120, 0.1)
     work.coverage[:] = 1.0
     work.coverage[:5, :5] = 0.0  # a corner of the crop, far outside the face
     ClassicalCompleter().process([work])

@@ -8,8 +8,9 @@ Three modes (:data:`stream.choices.BlendMode`), all after Reinhard colour transf
     meeting the target along the region's edge — ``source + h`` with ``h`` harmonic and equal to
     ``target - source`` outside the region. ``h`` is solved coarse to fine (a cascadic multigrid of
     red-black SOR sweeps, OpenCV filters doing the work) at a reduced resolution — ``h`` is smooth —
-    so no sparse solver is needed and the cost does not grow with the face's size. Where the region meets the crop's edge (a face at the frame border) the
-    solver uses a free (Neumann) boundary, so such faces need no padding and get no artificial seam.
+    so no sparse solver is needed and the cost does not grow with the face's size. Where the region
+    meets the crop's edge (a face at the frame border) the solver uses a free (Neumann) boundary, so
+    such faces need no padding and get no artificial seam.
 ``pyramid``
     Laplacian-pyramid blending: each frequency band is mixed with the mask blurred to that band's
     scale, so low frequencies (shading, colour) blend over a wide zone and details over a narrow one.

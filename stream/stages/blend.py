@@ -31,7 +31,7 @@ from stream.choices import BLEND_MODES, COLOR_TRANSFERS, BlendMode, ColorTransfe
 from stream.exceptions import InputError
 from stream.frames import FaceWork
 from stream.stages.base import SourceBank
-from stream.stages.color import correct_colors
+from stream.stages.color import correct_colors, to_uint8
 
 _NEIGHBOURS = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
 
@@ -196,13 +196,14 @@ class MeshBlender:
         x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
         x1, y1 = min(int(xs.max()) + pad + 1, w), min(int(ys.max()) + pad + 1, h)
         win = (slice(y0, y1), slice(x0, x1))
-        bg = image[win].astype(np.float32)
+        bg8 = image[win]
+        bg = bg8.astype(np.float32)
         m = mask[win]
         fg = fg_full[win]
         if self.color != "none":
             inner = m > 0.5
             covered = inner if work.coverage is None else inner & (work.coverage[win] > 0.5)
-            fg = correct_colors(self.color, fg, covered, bg, inner)
+            fg = correct_colors(self.color, fg, covered, bg8, inner)
         # Beyond the warped/filled face the source has nothing: show the target there, so blurred
         # bands and the solver see a continuous image.
         valid = work.face_mask[win] > 0
@@ -217,7 +218,7 @@ class MeshBlender:
                 a = a * (1.0 - work.mouth_mask[win])
         else:
             out, a = poisson_blend(fg, bg, m > 0, scale=min(1.0, self.poisson_size / size)), m
-        output[win] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        output[win] = to_uint8(out)
         alpha[win] = a
         return output, alpha
 

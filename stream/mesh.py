@@ -51,13 +51,18 @@ def _ordered_loops(edges: Iterable[tuple[int, int]]) -> list[tuple[int, ...]]:
     return loops
 
 
-def _rotate_to(loop: tuple[int, ...], first: int) -> tuple[int, ...]:
+def _rotate_to(loop: tuple[int, ...], first: int, then: int | None = None) -> tuple[int, ...]:
+    """``loop`` starting at ``first``; when ``then`` is given, running towards that neighbour."""
     i = loop.index(first)
-    return loop[i:] + loop[:i]
+    out = loop[i:] + loop[:i]
+    if then is not None and out[1] != then:
+        out = (out[0], *out[:0:-1])
+    return out
 
 
-FACE_OVAL: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_FACE_OVAL)[0], 10)
-"""The 36 face-oval points in order around the face, starting at the top of the forehead (10)."""
+FACE_OVAL: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_FACE_OVAL)[0], 10, 338)
+"""The 36 face-oval points from the top of the forehead (10) towards the image's right (338): on a
+frontal face it winds like the triangles, with a positive shoelace area in image coordinates."""
 _lip_loops = _ordered_loops(_conn.FACEMESH_LIPS)
 LIPS_OUTER: tuple[int, ...] = _rotate_to(next(lp for lp in _lip_loops if 61 in lp), 61)
 """Outer lip contour (20 points), starting at the mouth corner 61."""

@@ -37,13 +37,25 @@ def fill_polygon(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _clip01(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` clipped to [0, 1] (two OpenCV thresholds: much faster than ``np.clip``)."""
+    x = cv2.threshold(x, 1.0, 1.0, cv2.THRESH_TRUNC)[1]
+    return cv2.threshold(x, 0.0, 0.0, cv2.THRESH_TOZERO)[1]
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    """3t^2 - 2t^3 of ``t`` in [0, 1]: a ramp with no kink where it meets 0 and 1."""
+    return t * t * (3.0 - 2.0 * t)
+
+
 def soft_erode(mask: np.ndarray, erode: float, feather: float) -> np.ndarray:
     """float32 mask: 0 within ``erode`` px of the edge of binary ``mask``, rising smoothly to 1 over
     the next ``feather`` px. The image border is not an edge."""
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    t = np.clip((dist - erode) / max(feather, 1e-6), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: no kink where the ramp ends
+    # The 5x5 chamfer distance is within ~2 % of Euclidean, plenty for a soft edge, 4x faster.
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
+    t = _clip01((dist - np.float32(erode)) * np.float32(1.0 / max(feather, 1e-6)))
+    return _smoothstep(t).astype(np.float32, copy=False)
 
 
 def face_polygon(landmarks: np.ndarray, forehead: float = 0.6) -> np.ndarray:
@@ -99,8 +111,17 @@ class MeshSegmenter:
     def face_mask(self, landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Soft face mask of crop size ``shape`` for crop-pixel ``landmarks``."""
         size = mesh.face_size(landmarks)
-        binary = fill_polygon(face_polygon(landmarks, self.forehead), shape)
-        return soft_erode(binary, self.erode * size, self.feather * size)
+        poly = face_polygon(landmarks, self.forehead)
+        h, w = shape
+        out = np.zeros(shape, np.float32)
+        # Work on the polygon's box plus one empty pixel (not past the crop: there the face goes on).
+        x0, y0 = np.maximum(np.floor(poly.min(0)).astype(int) - 1, 0)
+        x1, y1 = np.minimum(np.ceil(poly.max(0)).astype(int) + 2, (w, h))
+        if x1 <= x0 or y1 <= y0:
+            return out
+        binary = fill_polygon(poly - (x0, y0), (y1 - y0, x1 - x0))
+        out[y0:y1, x0:x1] = soft_erode(binary, self.erode * size, self.feather * size)
+        return out
 
     def mouth_mask(self, landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Soft mask of the open mouth's interior; all zeros for a closed mouth."""
@@ -119,9 +140,9 @@ class MeshSegmenter:
         if x1 <= x0 or y1 <= y0:
             return out
         box = fill_polygon(poly - (x0, y0), (y1 - y0, x1 - x0))
-        dist = cv2.distanceTransform(1 - box, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        t = np.clip((2 * grow - dist) / grow, 0.0, 1.0)  # 1 up to `grow` outside, 0 from 2 * grow
-        out[y0:y1, x0:x1] = weight * t * t * (3.0 - 2.0 * t)
+        dist = cv2.distanceTransform(1 - box, cv2.DIST_L2, cv2.DIST_MASK_5)
+        t = _clip01((np.float32(2 * grow) - dist) * np.float32(1 / grow))  # 1 up to `grow` out, 0 from 2x
+        out[y0:y1, x0:x1] = np.float32(weight) * _smoothstep(t)
         return out
 
     def process(self, faces: Sequence[FaceWork]) -> None:

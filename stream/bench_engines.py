@@ -27,7 +27,8 @@ def run_engine_bench(*, batch: int = 1, device: str | None = None, iters: int | 
     warmup = 5 if cuda else 1
     precisions = ("fp32", "fp16") if cuda else ("fp32",)
     if backends is None:
-        backends = tuple(b for b in ("torch", "onnxruntime", "tensorrt") if b in available_backends())
+        found = {name for name, _ in available_backends()}
+        backends = tuple(b for b in ("torch", "onnxruntime", "tensorrt") if b in found)
     names = tuple(f"{n}.tiny" if tiny else n for n in NETWORKS)
     rows = benchmark_engines(names, backends, precisions, batch, iters, warmup=warmup, device=device)
     chains = []

@@ -75,6 +75,10 @@ class Frame:
     faces: list[TrackedFace] = field(default_factory=list)
     modified: bool = False
     """True once a stage changed ``image``; unmodified frames may be re-encoded from ``source``."""
+    dirty: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """Regions ``(x0, y0, x1, y1)`` of ``image`` changed by stages. A sink may convert only these back to
+    the source's pixel format (faster, and every other pixel stays bit-exact); empty with ``modified``
+    set means "anything may have changed"."""
     source: av.VideoFrame | None = field(default=None, repr=False)
     """The decoded frame this came from, when there is one."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -154,34 +158,56 @@ class CropTransform:
         return cv2.warpAffine(image, self.matrix, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT101)
 
-    def paste(self, image: np.ndarray, crop: np.ndarray, alpha: np.ndarray) -> None:
-        """Composite ``crop`` into ``image`` in place with per-pixel ``alpha`` in [0, 1] (crop-sized)."""
+    def paste(self, image: np.ndarray, crop: np.ndarray, alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+        """Composite ``crop`` into ``image`` in place with per-pixel ``alpha`` in [0, 1] (crop-sized).
+
+        Returns the frame region ``(x0, y0, x1, y1)`` that changed, or None when ``alpha`` is all zero.
+        """
+        box = _nonzero_box(alpha)
+        if box is None:
+            return None
+        bx0, by0, bx1, by1 = box
         if self.is_region:
             x0, y0 = self.origin
-            w, h = self.size
-            dst = image[y0:y0 + h, x0:x0 + w]
-            a = alpha[..., None].astype(np.float32)
-            dst[:] = np.clip(crop.astype(np.float32) * a + dst.astype(np.float32) * (1 - a) + 0.5,
-                             0, 255).astype(np.uint8)
-            return
+            dst = image[y0 + by0:y0 + by1, x0 + bx0:x0 + bx1]
+            _composite(dst, crop[by0:by1, bx0:bx1], alpha[by0:by1, bx0:bx1])
+            return x0 + bx0, y0 + by0, x0 + bx1, y0 + by1
         inv = self.inverse
         h, w = image.shape[:2]
-        # Only touch the frame's bounding box of the warped crop.
-        corners = np.array([[0, 0], [self.size[0], 0], [0, self.size[1]], [self.size[0], self.size[1]]],
-                           dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
-        x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
-        x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [w, h])
+        # Only touch the frame's bounding box of the warped (non-zero part of the) crop.
+        corners = np.array([[bx0, by0], [bx1, by0], [bx0, by1], [bx1, by1]], dtype=np.float64) @ inv[:, :2].T \
+            + inv[:, 2]
+        x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
+        x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, [w, h])
         if x1 <= x0 or y1 <= y0:
-            return
+            return None
         shift = inv.copy()
         shift[:, 2] -= (x0, y0)
         size = (int(x1 - x0), int(y1 - y0))
         warped = cv2.warpAffine(crop, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         a = cv2.warpAffine(alpha.astype(np.float32), shift, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-        dst = image[y0:y1, x0:x1]
-        dst[:] = np.clip(warped.astype(np.float32) * a + dst.astype(np.float32) * (1 - a) + 0.5,
-                         0, 255).astype(np.uint8)
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        _composite(image[y0:y1, x0:x1], warped, a)
+        return int(x0), int(y0), int(x1), int(y1)
+
+
+def _nonzero_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` bounding the pixels where ``alpha > 0``."""
+    rows = np.flatnonzero(alpha.max(axis=1) > 0)
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(alpha[rows[0]:rows[-1] + 1].max(axis=0) > 0)
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _composite(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
+    """``dst = src * alpha + dst * (1 - alpha)`` in place, rounded, for uint8 ``dst``."""
+    a = alpha.astype(np.float32)[..., None]
+    out = src.astype(np.float32) * a
+    out += dst.astype(np.float32) * (1.0 - a)
+    out += 0.5
+    np.clip(out, 0, 255, out=out)
+    dst[:] = out.astype(np.uint8)
 
 
 @dataclass

@@ -50,6 +50,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import av
+import numpy as np
 from av.container import OutputContainer
 from av.stream import Stream
 from av.video.frame import PictureType
@@ -78,6 +79,17 @@ _CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libv
                          "libaom-av1"})
 _PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"})
 _WHERE_CODECS_FIT = ".mkv holds nearly every codec; .mp4/.mov hold mov_text subtitles"
+
+
+_PLANAR_420 = frozenset({"yuv420p", "yuvj420p"})
+
+
+def _split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (h, w), U and V (h/2, w/2) planes of PyAV's packed 4:2:0 array (even h, w)."""
+    flat = planes.reshape(-1)
+    c = (h // 2) * (w // 2)
+    return (flat[:h * w].reshape(h, w), flat[h * w:h * w + c].reshape(h // 2, w // 2),
+            flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
 
 
 @dataclass(frozen=True)
@@ -371,8 +383,7 @@ class VideoFileSink:
             vf = src
             vf.pict_type = PictureType.NONE  # let the encoder choose frame types, not the input's
         else:
-            vf = av.VideoFrame.from_ndarray(frame.image, format="rgb24").reformat(
-                format=self._pix_fmt, dst_colorspace=self._colorspace, dst_color_range=self._color_range)
+            vf = self._patched_source(frame) or self._from_rgb(frame.image)
             if src is not None:
                 vf.duration = src.duration
         ctx = self._video.codec_context
@@ -388,6 +399,41 @@ class VideoFileSink:
         self._encode_seconds += time.perf_counter() - t0
         self._frames += 1
         self._container.mux(packets)
+
+    def _from_rgb(self, image: np.ndarray) -> av.VideoFrame:
+        """An RGB image in the encoder's pixel format, with the source's matrix and range."""
+        # threads=1: swscale's own slice threading is several times slower here than one thread.
+        return av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+            format=self._pix_fmt, dst_colorspace=self._colorspace, dst_color_range=self._color_range, threads=1)
+
+    def _patched_source(self, frame: Frame) -> av.VideoFrame | None:
+        """The decoded 4:2:0 frame with only ``frame.dirty`` converted back from RGB.
+
+        Converting a face-sized region costs a fraction of the whole frame, and every pixel outside the
+        regions is the decoder's own (bit-exact). None when this shortcut does not apply.
+        """
+        src = frame.source
+        if (not frame.dirty or src is None or src.format.name != self._pix_fmt or self._pix_fmt not in _PLANAR_420
+                or src.width % 2 or src.height % 2 or frame.image.shape[:2] != (src.height, src.width)):
+            return None
+        h, w = src.height, src.width
+        planes = src.to_ndarray()  # (h * 3/2, w): the Y, U and V planes back to back
+        y_plane, u_plane, v_plane = _split_420(planes, h, w)
+        for x0, y0, x1, y1 in frame.dirty:
+            # Chroma is shared by 2x2 pixels: widen the region to even bounds.
+            x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
+            x1, y1 = min(w, x1 + (x1 & 1)), min(h, y1 + (y1 & 1))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            roi = self._from_rgb(np.ascontiguousarray(frame.image[y0:y1, x0:x1])).to_ndarray()
+            ry, ru, rv = _split_420(roi, y1 - y0, x1 - x0)
+            y_plane[y0:y1, x0:x1] = ry
+            u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
+            v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
+        vf = av.VideoFrame.from_ndarray(planes, format=self._pix_fmt)
+        vf.color_range = src.color_range
+        vf.colorspace = src.colorspace
+        return vf
 
     def _mux_copies(self) -> None:
         if self._channel is None:

@@ -77,3 +77,21 @@ def test_source_bank_nearest_pose():
     assert [f.frame_index for f in bank.nearest(pose(yaw=-10), k=2)] == [1, 0]
     with pytest.raises(NoFaceError):
         SourceBank([])
+
+
+def test_paste_reports_only_the_region_alpha_touches():
+    img = np.zeros((60, 90, 3), np.uint8)
+    tf = CropTransform.region(20, 10, 70, 50)
+    crop = np.full((40, 50, 3), 255, np.uint8)
+    alpha = np.zeros((40, 50), np.float32)
+    assert tf.paste(img, crop, alpha) is None and not img.any()
+    alpha[5:12, 30:41] = 0.5
+    assert tf.paste(img, crop, alpha) == (50, 15, 61, 22)
+    assert np.all(img[15:22, 50:61] == 128) and np.count_nonzero(img.any(-1)) == 7 * 11
+    scaled = CropSpec(size=32).transform(face(0, (20.0, 10.0, 60.0, 50.0)), 90, 60)
+    alpha = np.zeros((32, 32), np.float32)
+    alpha[10:20, 10:20] = 1.0
+    out = np.zeros_like(img)
+    x0, y0, x1, y1 = scaled.paste(out, np.full((32, 32, 3), 200, np.uint8), alpha)
+    ys, xs = np.nonzero(out.any(-1))
+    assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1

@@ -391,3 +391,34 @@ async def test_attachments_are_kept_in_matroska_only(
         await transcode(with_font, tmp_path / "out.mp4")
     assert "not copying font.ttf attachment stream #1" in caplog.text
     assert len(decoded_frames(tmp_path / "out.mp4")) == 4
+
+
+@pytest.mark.parametrize(("size", "region"), [((160, 120), (30, 20, 91, 77)), ((96, 100), (1, 3, 50, 53))])
+async def test_dirty_regions_are_written_back_into_the_decoded_planes(tmp_path: Path, size, region) -> None:
+    """Only the changed regions go back through RGB: every other Y/U/V sample is the decoder's own."""
+    clip = make_clip(tmp_path / "in.mp4", size=size, frames=3).path
+    source = VideoFileSource(clip)
+    sink = VideoFileSink(tmp_path / "out.mp4", source)
+    try:
+        frame = await source.recv()
+        x0, y0, x1, y1 = region
+        frame.image[y0:y1, x0:x1] = (250, 10, 120)
+        frame.modified, frame.dirty = True, [region]
+        patched = sink._patched_source(frame)
+        assert patched is not None
+        before, after = frame.source.to_ndarray(), patched.to_ndarray()
+        w, h = size
+        changed = before != after
+        luma = changed.reshape(-1)[: w * h].reshape(h, w)
+        ys, xs = np.nonzero(luma)
+        # Changes stay within the region widened to even bounds (4:2:0 chroma pairs).
+        assert ys.min() >= (y0 & ~1) and ys.max() < y1 + 1 and xs.min() >= (x0 & ~1) and xs.max() < x1 + 1
+        full = sink._from_rgb(frame.image).to_ndarray()
+        # Inside the region the result equals a whole-frame conversion.
+        np.testing.assert_array_equal(after.reshape(-1)[: w * h].reshape(h, w)[y0 + 1:y1 - 1, x0 + 1:x1 - 1],
+                                      full.reshape(-1)[: w * h].reshape(h, w)[y0 + 1:y1 - 1, x0 + 1:x1 - 1])
+        frame.dirty = []
+        assert sink._patched_source(frame) is None, "no regions: the caller converts the whole frame"
+    finally:
+        await sink.abort()
+        source.stop()

@@ -147,9 +147,11 @@ class StageChain:
         for w in work:
             if w.output is None or w.alpha is None:
                 raise RuntimeError("the blend stage left no output/alpha")
-            w.crop.paste(frame.image, w.output, w.alpha)
+            region = w.crop.paste(frame.image, w.output, w.alpha)
+            if region is not None:
+                frame.dirty.append(region)
         frame.timings["paste"] = time.perf_counter() - t0
-        frame.modified = True
+        frame.modified = frame.modified or bool(frame.dirty)
         return frame
 
     def close(self) -> None:

@@ -56,6 +56,9 @@ class SwapOptions:
     """Encoder speed preset; None: the encoder's default."""
     codec: str | None = None
     """Video codec of the output; None: the encoder's default."""
+    workers: int | None = None
+    """Frames the stage chain works on at once (None: 2 for the weight-free chain, whose stages are
+    stateless per frame; 1 for learned engines, which batch faces themselves)."""
     source_frames: int = 64
     """At most this many frames are sampled from a SOURCE video to match poses against."""
     progress: bool = True
@@ -212,7 +215,8 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
         chain.close()
 
     tracked = ProcessorTrack(source, track, name="track")
-    swapped = ProcessorTrack(tracked, chain, name="swap")
+    workers = options.workers or (1 if options.models else min(2, os.cpu_count() or 1))
+    swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
     sink = VideoFileSink(options.output, source, settings=encode_settings(options),
                          metadata=output_metadata(options))
     progress = Progress(info.frames, options.progress)

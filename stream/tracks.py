@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
@@ -42,9 +43,11 @@ class FrameTrack(ABC):
 class ProcessorTrack(FrameTrack):
     """Applies ``fn`` to every frame of ``upstream`` in a worker task and an executor.
 
-    ``fn`` runs on a single thread by default, so stateful steps (tracking) see frames in order. An
-    exception from ``fn`` ends the stream: the next ``recv`` raises :class:`StageError` naming ``name``
-    and the frame, and the upstream is stopped.
+    ``fn`` runs on a single thread by default, so stateful steps (tracking) see frames in order. With
+    ``workers=N`` a stateless ``fn`` runs on up to N frames at once; results still leave in input order
+    (an ordered parallel map: at most N frames in flight, the oldest awaited first). An exception from
+    ``fn`` ends the stream: the next ``recv`` raises :class:`StageError` naming ``name`` and the frame,
+    and the upstream is stopped.
     """
 
     def __init__(
@@ -57,13 +60,17 @@ class ProcessorTrack(FrameTrack):
         policy: DropPolicy = "block",
         executor: Executor | None = None,
         on_close: Callable[[], None] | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.upstream = upstream
+        self.workers = workers
         self.name = name
         self._fn = fn
         self._queue: FrameQueue[Frame] = FrameQueue(queue_size, policy)
         self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"facestream-{name}")
+        self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix=f"facestream-{name}")
         self._on_close = on_close
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -81,22 +88,34 @@ class ProcessorTrack(FrameTrack):
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s worker failed", self.name, exc_info=task.exception())
 
+    def _run(self, frame: Frame) -> Frame:
+        t0 = time.perf_counter()
+        out = self._fn(frame)
+        out.timings.setdefault(self.name, time.perf_counter() - t0)
+        return out
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        pending: deque[tuple[Frame, asyncio.Future[Frame]]] = deque()
+        upstream_done = False
         try:
             while True:
-                try:
-                    frame = await self.upstream.recv()
-                except EndOfStream:
+                while not upstream_done and len(pending) < self.workers:
+                    try:
+                        frame = await self.upstream.recv()
+                    except EndOfStream:
+                        upstream_done = True
+                        break
+                    pending.append((frame, loop.run_in_executor(self._executor, self._run, frame)))
+                if not pending:
                     break
-                t0 = time.perf_counter()
+                frame, future = pending.popleft()
                 try:
-                    out = await loop.run_in_executor(self._executor, self._fn, frame)
+                    out = await future
                 except FacestreamError:
                     raise
                 except Exception as exc:
                     raise StageError(self.name, frame.index, exc) from exc
-                out.timings.setdefault(self.name, time.perf_counter() - t0)
                 await self._queue.put(out)
             self._queue.finish()
         except asyncio.CancelledError:
@@ -105,6 +124,9 @@ class ProcessorTrack(FrameTrack):
         except BaseException as exc:  # handed to the consumer, which decides what to do
             self._queue.finish(exc)
             self.upstream.stop()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
     async def recv(self) -> Frame:
         if self._task is None and not self._stopped:

@@ -48,6 +48,12 @@ class SwapOptions:
     """``None`` for the weight-free default, or ``fsgan:DIR`` for the learned FSGAN chain."""
     backend: str = "auto"
     """Inference backend for learned models."""
+    precision: str = "fp32"
+    """Precision of learned engines (fp16 needs a GPU backend)."""
+    fsgan_version: str = "v2"
+    """Learned reenactment: ``v2`` (appearance map over source poses) or ``v1`` (stepwise, iterative)."""
+    steps: int = 2
+    """Reenactment steps of the v1 network (pose interpolated from source to target)."""
     blend: BlendMode | None = None
     """Blend mode of the weight-free chain (None: its default)."""
     crf: int | None = None
@@ -137,7 +143,8 @@ def build_chain(options: SwapOptions) -> StageChain:
         raise InputError(f"unknown --models {options.models!r}; expected fsgan:DIR")
     from stream.stages.learned import learned_chain
 
-    return learned_chain(Path(location), backend=options.backend, faces=options.faces)
+    return learned_chain(Path(location).expanduser(), backend=options.backend, precision=options.precision,
+                         faces=options.faces, version=options.fsgan_version, steps=options.steps)
 
 
 def output_metadata(options: SwapOptions) -> dict[str, str]:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from stream.choices import BACKENDS, BLEND_MODES, FACE_SELECTIONS
+from stream.choices import BACKENDS, BLEND_MODES, FACE_SELECTIONS, PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", metavar="fsgan:DIR", default=None,
                    help="use the learned FSGAN networks found in DIR instead of the weight-free default")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend for --models")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="precision of --models engines")
+    p.add_argument("--fsgan-version", choices=("v2", "v1"), default="v2",
+                   help="learned reenactment: v2 (appearance map) or v1 (stepwise iterative)")
+    p.add_argument("--steps", type=int, default=2, help="reenactment steps of --fsgan-version v1")
     p.add_argument("--blend", choices=BLEND_MODES, default=None, help="blending of the weight-free chain")
     p.add_argument("--codec", default=None, help="output video codec (default libx264)")
     p.add_argument("--crf", type=int, default=None, help="encoder quality, lower is better (default 18)")
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = SwapOptions(
         source=args.source, input=args.input, output=args.output, faces=args.faces, models=args.models,
-        backend=args.backend, blend=args.blend, codec=args.codec, crf=args.crf, preset=args.preset,
+        backend=args.backend, precision=args.precision, fsgan_version=args.fsgan_version, steps=args.steps,
+        blend=args.blend, codec=args.codec, crf=args.crf, preset=args.preset,
         progress=not args.no_progress, report=args.report,
     )
     report = run_swap(options)

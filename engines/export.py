@@ -194,6 +194,18 @@ def _run_export(
     dynamic: bool,
     max_batch: int,
 ) -> None:
+    # The dynamo exporter logs a warning per torchvision operator it cannot register; FSGAN uses none.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        _export_quietly(wrapper, example, path, spec, exporter, dynamic, opset, max_batch)
+    finally:
+        registration.setLevel(level)
+
+
+def _export_quietly(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path, spec: IOSpec, exporter: str,
+                    dynamic: bool, opset: int, max_batch: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)

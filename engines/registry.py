@@ -73,6 +73,8 @@ class NetworkConfig:
     """Dynamic axes for ONNX export; defaults to a ``batch`` axis 0 on every input and output."""
     weight_file: str | None = None
     """File name of the released checkpoint (``None`` for test variants, which have no weights)."""
+    alt_weight_files: tuple[str, ...] = ()
+    """Other released checkpoints of the same architecture, in order of preference after ``weight_file``."""
     sha256: str | None = None
     """sha256 of ``weight_file`` when known; ``None`` means not verified."""
     license: str = FSGAN_LICENSE
@@ -91,6 +93,11 @@ class NetworkConfig:
             )
         if len(self.output_names) != len(self.out_channels):
             raise ValueError(f"{self.name}: output_names and out_channels differ in length")
+
+    @property
+    def weight_files(self) -> tuple[str, ...]:
+        """Every released checkpoint name of this network, preferred first (empty for test variants)."""
+        return (self.weight_file, *self.alt_weight_files) if self.weight_file else ()
 
     @property
     def architecture(self) -> str:
@@ -189,9 +196,9 @@ def create_network(name: str) -> nn.Module:
 
 
 def network_for_weight_file(file_name: str) -> NetworkConfig | None:
-    """The released network whose ``weight_file`` is ``file_name``, if any."""
+    """The released network with a checkpoint named ``file_name``, if any."""
     _ensure_loaded()
     for config in _CONFIGS.values():
-        if config.weight_file == file_name:
+        if file_name in config.weight_files:
             return config
     return None

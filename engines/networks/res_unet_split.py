@@ -57,7 +57,10 @@ _V1 = NetworkConfig(
     out_channels=(3, 3),
     input_names=("level0", "level1"),
     output_names=("image", "segmentation"),
-    weight_file="ijbc_msrunet_256_2_0_reenactment_v1.pth",
+    # The stepwise network (crop scale 1.2, as configured here) is the one made for iterated passes;
+    # the plain v1 release was trained at crop scale 2.0.
+    weight_file="ijbc_msrunet_256_1_2_reenactment_stepwise_v1.pth",
+    alt_weight_files=("ijbc_msrunet_256_2_0_reenactment_v1.pth",),
 )
 
 

@@ -55,8 +55,7 @@ def collect(pattern: str, weights_dir: Path, *, include_test: bool, verify: bool
         config = engines.get_network_config(name)
         with torch.device("meta"):
             params = sum(p.numel() for p in engines.create_network(name).parameters())
-        path = weights_dir / config.weight_file if config.weight_file else None
-        found = path if path is not None and path.is_file() else None
+        found = next((weights_dir / f for f in config.weight_files if (weights_dir / f).is_file()), None)
         status, actual = _status(found, config.sha256, verify)
         rows.append(
             {

@@ -54,19 +54,19 @@ class ModelRole:
     files: tuple[str, ...]
 
 
+def _role(role: str, network: str) -> ModelRole:
+    """The released file names come from the registry (preferred first), then our registry name."""
+    from engines import get_network_config
+
+    return ModelRole(role, network, (*get_network_config(network).weight_files, f"{network}.pth"))
+
+
 ROLES: dict[str, ModelRole] = {
-    "reenact_v2": ModelRole("reenact_v2", "fsgan_reenactment_v2",
-                            ("nfv_msrunet_256_1_2_reenactment_v2.1.pth", "fsgan_reenactment_v2.pth")),
-    # The stepwise v1 network was trained at crop scale 1.2 for iterated passes; the plain one at 2.0.
-    "reenact_v1": ModelRole("reenact_v1", "fsgan_reenactment_v1",
-                            ("ijbc_msrunet_256_1_2_reenactment_stepwise_v1.pth",
-                             "ijbc_msrunet_256_2_0_reenactment_v1.pth", "fsgan_reenactment_v1.pth")),
-    "segment": ModelRole("segment", "fsgan_segmentation_v2",
-                         ("celeba_unet_256_1_2_segmentation_v2.pth", "fsgan_segmentation_v2.pth")),
-    "complete": ModelRole("complete", "fsgan_inpainting_v2",
-                          ("ijbc_msrunet_256_1_2_inpainting_v2.pth", "fsgan_inpainting_v2.pth")),
-    "blend": ModelRole("blend", "fsgan_blending_v2",
-                       ("ijbc_msrunet_256_1_2_blending_v2.pth", "fsgan_blending_v2.pth")),
+    "reenact_v2": _role("reenact_v2", "fsgan_reenactment_v2"),
+    "reenact_v1": _role("reenact_v1", "fsgan_reenactment_v1"),
+    "segment": _role("segment", "fsgan_segmentation_v2"),
+    "complete": _role("complete", "fsgan_inpainting_v2"),
+    "blend": _role("blend", "fsgan_blending_v2"),
 }
 
 _NAME_GEOMETRY = re.compile(r"_(\d+)_(\d+)_(\d+)_")

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=2, help="reenactment steps of --fsgan-version v1")
     p.add_argument("--blend", choices=BLEND_MODES, default=None, help="blending of the weight-free chain")
     p.add_argument("--codec", default=None, help="output video codec (default libx264)")
-    p.add_argument("--crf", type=int, default=None, help="encoder quality, lower is better (default 18)")
+    p.add_argument("--crf", type=int, default=None, help="encoder quality, lower is better (default 17)")
     p.add_argument("--preset", default=None, help="encoder speed preset (default: the encoder's)")
     p.add_argument("--report", type=Path, default=None, metavar="JSON", help="write a JSON report here")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")

@@ -42,18 +42,24 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-_RAMP = _smoothstep(np.linspace(0.0, 1.0, 256, dtype=np.float32)).reshape(256, 1)
-""":func:`_smoothstep` at 256 steps, for :func:`_ramp`."""
+# Lookup of the ramp on 8-bit indices: 0 for t <= 0, 255 for t >= 1 and 254 steps strictly between,
+# so which pixels are exactly 0 or 1 (what later stages test: the paste region, the kept mouth) is
+# the same as with float arithmetic.
+_EPS = 1e-4
+_GAIN = 254.0 + 2 * _EPS
+_OFFSET = 0.5 - _EPS
+_RAMP = np.concatenate([[0.0], _smoothstep((np.arange(1, 255) - 0.5 + _EPS) / _GAIN), [1.0]])
+_RAMP = _RAMP.astype(np.float32).reshape(256, 1)
 
 
 def _ramp(dist: np.ndarray, start: float, width: float, scale: float = 1.0) -> np.ndarray:
     """float32 ``scale * smoothstep(clip((dist - start) / width, 0, 1))`` (``width`` < 0: falling).
 
-    One saturating conversion to 8 bits and one table lookup: 256 steps over the ramp are far finer
-    than anything a soft mask needs, and it is several times faster than the float arithmetic.
+    One saturating conversion to 8 bits and one table lookup: 254 steps inside the ramp are far
+    finer than anything a soft mask needs, and it is several times faster than float arithmetic.
     """
-    a = 255.0 / width
-    index = cv2.addWeighted(dist, a, dist, 0.0, -start * a, dtype=cv2.CV_8U)
+    a = _GAIN / width
+    index = cv2.addWeighted(dist, a, dist, 0.0, _OFFSET - start * a, dtype=cv2.CV_8U)
     table = _RAMP if scale == 1.0 else _RAMP * np.float32(scale)
     return cv2.LUT(index, table)
 

@@ -73,6 +73,8 @@ RIGHT_EYE: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_RIGHT_EYE)
 LEFT_EYE: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_LEFT_EYE)[0], 263)
 """The subject's left eye contour (image right), 16 points from the outer corner 263."""
 del _lip_loops
+_OVAL_IDX = np.array(FACE_OVAL)
+_OVAL_NEXT = np.roll(_OVAL_IDX, -1)
 
 # Corners that split each hole of the tessellation into an upper and a lower chain.
 _HOLE_CORNERS = {RIGHT_EYE: (33, 133), LEFT_EYE: (362, 263), LIPS_INNER: (78, 308)}
@@ -199,7 +201,7 @@ def extended_points(landmarks: np.ndarray, margin: float = 0.1) -> np.ndarray:
     distance (in x, y; z is kept), so source and target rings correspond.
     """
     pts = np.asarray(landmarks, dtype=np.float32)[:N_MESH]
-    oval = pts[list(FACE_OVAL)]
+    oval = pts[_OVAL_IDX]
     ring = oval.copy()
     centre = oval[:, :2].mean(0)
     ring[:, :2] = oval[:, :2] + margin * (oval[:, :2] - centre)
@@ -213,8 +215,6 @@ def signed_areas(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
     return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
-_OVAL_IDX = np.array(FACE_OVAL)
-_OVAL_NEXT = np.roll(_OVAL_IDX, -1)
 _MOUTH_IDX = np.array(_MOUTH_PAIRS).T  # (2, 3): upper lids, lower lids
 
 
@@ -239,6 +239,22 @@ def polygon(landmarks: np.ndarray, contour: tuple[int, ...]) -> np.ndarray:
     return np.asarray(landmarks, dtype=np.float32)[list(contour), :2]
 
 
+def _sort_corners(v: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``ax, ay, bx, by, cx, cy`` of (F, 3, 2) triangles with corners sorted by (y, x) (a sorting
+    network of three compare-exchanges, much faster than a general sort of such short rows)."""
+    px, py = [v[:, i, 0] for i in range(3)], [v[:, i, 1] for i in range(3)]
+
+    def exchange(i: int, j: int) -> None:
+        swap = (py[j] < py[i]) | ((py[j] == py[i]) & (px[j] < px[i]))
+        px[i], px[j] = np.where(swap, px[j], px[i]), np.where(swap, px[i], px[j])
+        py[i], py[j] = np.where(swap, py[j], py[i]), np.where(swap, py[i], py[j])
+
+    exchange(0, 1)
+    exchange(1, 2)
+    exchange(0, 1)
+    return px[0], py[0], px[1], py[1], px[2], py[2]
+
+
 def rasterize_triangles(points: np.ndarray, tris: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(h, w) int32 map of which triangle covers each pixel centre, -1 where none (numpy scan lines).
 
@@ -253,9 +269,7 @@ def rasterize_triangles(points: np.ndarray, tris: np.ndarray, shape: tuple[int, 
         return ids.reshape(h, w)
     # Corners sorted by (y, x): top a, middle b, bottom c. Every edge then runs from its upper (then
     # left) end, so two triangles sharing an edge compute bit-identical crossings: no cracks.
-    order = np.lexsort((v[..., 0], v[..., 1]), axis=1)
-    v = np.take_along_axis(v, order[..., None], axis=1)
-    ax, ay, bx, by, cx, cy = (v[:, i, j] for i in range(3) for j in range(2))
+    ax, ay, bx, by, cx, cy = _sort_corners(v)
     y0 = np.maximum(np.ceil(ay), 0).astype(np.int64)
     y1 = np.minimum(np.floor(cy), h - 1).astype(np.int64)
     nrows = np.maximum(y1 - y0 + 1, 0)

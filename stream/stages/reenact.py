@@ -72,17 +72,24 @@ def _corners(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
 
 
 def _triangle_affines(dst: np.ndarray, src_corners: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    """(F, 2, 3) affine maps taking each ``dst`` triangle onto the source triangle whose
-    :func:`_corners` are ``src_corners`` (same order as ``tris``)."""
-    d = _corners(dst, tris)
-    e1x, e2x, e1y, e2y = d[:, 0, 0], d[:, 0, 1], d[:, 1, 0], d[:, 1, 1]
+    """(F, 6) affine maps ``(a00, a01, a02, a10, a11, a12)`` taking each ``dst`` triangle onto the
+    source triangle whose :func:`_corners` are ``src_corners`` (same order as ``tris``)."""
+    p = np.asarray(dst, np.float64)[:, :2]
+    p0, p1, p2 = p[tris[:, 0]], p[tris[:, 1]], p[tris[:, 2]]
+    e1x, e1y = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
+    e2x, e2y = p2[:, 0] - p0[:, 0], p2[:, 1] - p0[:, 1]
     det = e1x * e2y - e1y * e2x
-    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-    inv = np.empty((len(d), 2, 2))
-    inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = e2y / det, -e2x / det, -e1y / det, e1x / det
-    lin = src_corners[:, :, :2] @ inv  # (F, 2, 2): source edges times the inverse of the target edges
-    off = src_corners[:, :, 2] - np.einsum("fij,fj->fi", lin, d[:, :, 2])
-    return np.concatenate([lin, off[:, :, None]], 2)
+    inv_det = 1.0 / np.where(np.abs(det) < 1e-12, 1e-12, det)
+    # Inverse of the target edge matrix [e1 e2] (columns), then source edges times it.
+    i00, i01, i10, i11 = e2y * inv_det, -e2x * inv_det, -e1y * inv_det, e1x * inv_det
+    out = np.empty((len(tris), 6))
+    for row in range(2):
+        f1, f2, s0 = src_corners[:, row, 0], src_corners[:, row, 1], src_corners[:, row, 2]
+        a, b = f1 * i00 + f2 * i10, f1 * i01 + f2 * i11
+        out[:, 3 * row] = a
+        out[:, 3 * row + 1] = b
+        out[:, 3 * row + 2] = s0 - a * p0[:, 0] - b * p0[:, 1]
+    return out
 
 
 class MeshWarpReenactor:
@@ -215,7 +222,7 @@ class MeshWarpReenactor:
         # Row -1 (no triangle) maps far outside any image: every upsampled pixel that mixes it in then
         # samples nothing (remap's constant border) instead of a random source pixel.
         aff = np.empty((len(draw) + 1, 6), np.float32)
-        aff[:-1] = _triangle_affines(tgt, src.corners[level][draw], drawn).reshape(-1, 6)
+        aff[:-1] = _triangle_affines(tgt, src.corners[level][draw], drawn)
         aff[-1] = (0, 0, -1e6, 0, 0, -1e6)
         # One gather per coefficient (much faster than gathering (gh, gw, 2, 3) blocks).
         a00, a01, a02, a10, a11, a12 = (np.take(np.ascontiguousarray(c), ids) for c in aff.T)

@@ -39,6 +39,7 @@ from stream.stages.color import (
     reinhard_lut,
     to_uint8,
 )
+from stream.stages.temporal import TrackMemo
 
 
 def _checkerboard(h: int, w: int) -> np.ndarray:
@@ -118,6 +119,28 @@ def _divide(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return values * (inv if values.ndim == 2 else inv[..., None])
 
 
+def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per-column quantiles of (n, c) ``values``, linearly interpolated as :func:`numpy.quantile`
+    does, from one partial sort (several times faster than ``np.quantile``)."""
+    n = len(values)
+    pos = [q * (n - 1) for q in qs]
+    lows = [int(np.floor(p)) for p in pos]
+    kth = sorted({k for i in lows for k in (i, min(i + 1, n - 1))})
+    part = np.partition(values, kth, axis=0)
+    return [part[i] + (part[min(i + 1, n - 1)] - part[i]) * np.float32(p - i) for i, p in zip(lows, pos, strict=True)]
+
+
+def _clip_channels(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(h, w, c) float32 ``image`` clipped per channel to ``[lo, hi]`` (OpenCV with per-channel
+    scalars for up to four channels)."""
+    c = image.shape[2]
+    if c > 4:
+        return np.clip(image, lo.astype(np.float32), hi.astype(np.float32))
+    pad = (0.0,) * (4 - c)
+    out = cv2.min(cv2.max(image, tuple(map(float, lo)) + pad), tuple(map(float, hi)) + pad)
+    return out.reshape(image.shape)
+
+
 def poisson_correction(diff: np.ndarray, fixed: np.ndarray, *, scale: float = 1.0,
                        robust: float = 0.1) -> np.ndarray:
     """The smooth correction of seamless cloning: harmonic where ``fixed`` is False and equal to
@@ -138,8 +161,8 @@ def poisson_correction(diff: np.ndarray, fixed: np.ndarray, *, scale: float = 1.
     if robust > 0:
         ring = fixed & (cv2.dilate((~fixed).view(np.uint8), np.ones((3, 3), np.uint8)) > 0)
         if ring.any():
-            lo, hi = np.quantile(diff[ring], [robust, 1 - robust], axis=0)
-            diff = np.clip(diff, lo.astype(np.float32), hi.astype(np.float32))
+            lo, hi = _quantiles(diff[ring], (robust, 1 - robust))
+            diff = _clip_channels(diff, lo, hi)
     corr = harmonic_fill(diff, fixed)
     if scale < 1.0:
         corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
@@ -207,13 +230,18 @@ class MeshBlender:
         color: colour transfer before blending, ``"lab"`` (Reinhard) or ``"none"``.
         poisson_size: the Poisson correction is solved at a resolution where the face is about this
             many pixels (it is smooth; the soft paste mask hides the finer part of the seam).
+        color_reuse: the colour transfer's statistics of a track are computed every this many frames
+            and reused in between (1: every frame), unless the target's window changed its mean
+            colour by more than ``color_tolerance`` grey levels (a cut, a light switched on). The
+            transfer itself is applied to every frame.
+        color_tolerance: see ``color_reuse``.
         name: the stage's name in timings.
     """
 
     kind: ClassVar[StageKind] = "blend"
 
     def __init__(self, *, mode: BlendMode = "poisson", color: ColorTransfer = "lab", poisson_size: int = 96,
-                 name: str | None = None) -> None:
+                 color_reuse: int = 4, color_tolerance: float = 3.0, name: str | None = None) -> None:
         if mode not in BLEND_MODES:
             raise InputError(f"unknown blend mode {mode!r}; choose from: {', '.join(BLEND_MODES)}")
         if color not in COLOR_TRANSFERS:
@@ -221,10 +249,14 @@ class MeshBlender:
         self.mode: BlendMode = mode
         self.color: ColorTransfer = color
         self.poisson_size = poisson_size
+        self.color_tolerance = color_tolerance
         self.name = name or f"blend_{mode}"
+        # Per (track, source face): the LAB lookup table and the target window's mean colour.
+        self._colour: TrackMemo[tuple[np.ndarray, np.ndarray]] = TrackMemo(color_reuse)
 
     def set_source(self, bank: SourceBank) -> None:
-        """Nothing per source."""
+        """Forget the colour statistics (they depend on the source)."""
+        self._colour.clear()
 
     def blend(self, work: FaceWork) -> tuple[np.ndarray, np.ndarray]:
         """``(output, alpha)`` for one face: uint8 RGB crop and float32 paste weights."""
@@ -254,7 +286,7 @@ class MeshBlender:
         cov = None if work.coverage is None else work.coverage[win]
         fg8 = to_uint8(fg_full[win])
         if self.color != "none":
-            fg8 = self._recolour(fg8, m, cov, bg8)
+            fg8 = self._recolour(work, fg8, m, cov, bg8)
         # Beyond the warped/filled face the source has nothing: the target shows there, so blurred
         # bands and the solver see a continuous image. Inside the paste region ``valid`` is 1.
         valid = (face > 0).astype(np.float32)
@@ -284,22 +316,31 @@ class MeshBlender:
         alpha[win] = a
         return output, alpha
 
-    def _recolour(self, fg8: np.ndarray, m: np.ndarray, cov: np.ndarray | None, bg8: np.ndarray) -> np.ndarray:
+    def _recolour(self, work: FaceWork, fg8: np.ndarray, m: np.ndarray, cov: np.ndarray | None,
+                  bg8: np.ndarray) -> np.ndarray:
         """Reinhard transfer of the face window ``fg8`` towards the target ``bg8`` (uint8 RGB)."""
         inner = m > 0.5
         covered = inner if cov is None else inner & (cov > 0.5)
-        if self.color == "lab":
-            lab = cv2.cvtColor(fg8, cv2.COLOR_RGB2LAB)
-            src_stats = masked_stats(lab, covered)
-            ref_stats = reference_lab_stats(bg8, inner)
-            if src_stats is None or ref_stats is None:
-                return fg8
-            return apply_lab_lut(lab, reinhard_lut(src_stats, ref_stats))
-        return to_uint8(correct_colors(self.color, fg8, covered, bg8, inner))
+        if self.color != "lab":
+            return to_uint8(correct_colors(self.color, fg8, covered, bg8, inner))
+        lab = cv2.cvtColor(fg8, cv2.COLOR_RGB2LAB)
+        key = (work.target.track_id, id(work.source))
+        fingerprint = np.array(cv2.mean(bg8)[:3], np.float32)
+        cached = self._colour.get(key, work.frame_index)
+        if cached is not None and np.abs(cached[1] - fingerprint).max() <= self.color_tolerance:
+            return apply_lab_lut(lab, cached[0])
+        src_stats = masked_stats(lab, covered)
+        ref_stats = reference_lab_stats(bg8, inner)
+        if src_stats is None or ref_stats is None:
+            return fg8
+        lut = reinhard_lut(src_stats, ref_stats)
+        self._colour.put(key, work.frame_index, (lut, fingerprint))
+        return apply_lab_lut(lab, lut)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:
             work.output, work.alpha = self.blend(work)
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Forget the per-track state. Safe to call twice."""
+        self._colour.clear()

@@ -69,7 +69,7 @@ def _sor(h: np.ndarray, fixed: np.ndarray, sweeps: int, omega: float) -> np.ndar
     return h
 
 
-def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 30,
+def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 10,
                   sweeps: int = 4, omega: float = 1.6) -> np.ndarray:
     """Solve Laplace's equation for the pixels where ``fixed`` is False, ``values`` held where True.
 

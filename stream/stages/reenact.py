@@ -10,7 +10,9 @@ exact up to the kinks at triangle edges because the piecewise-affine map is cont
 Per-source work happens in :meth:`MeshWarpReenactor.set_source`: the source is cropped around its
 face, converted to float32, given a half-resolution pyramid (so a large source is not aliased onto a
 small target), and each of its triangles is judged usable or not — back-facing or hidden behind a
-nearer part of the face (a z-buffer over the source mesh), degenerate or seen edge-on. Target pixels
+nearer part of the face (a z-buffer over the source mesh), degenerate or seen edge-on; the source
+half of every triangle's affine map (its corner and edge vectors, per pyramid level) is kept too, so a
+frame only inverts its own 2x2 edge matrices. Target pixels
 whose triangle is unusable in the source, or that would sample outside the source image, get
 ``coverage`` 0 and are left to the ``complete`` stage.
 """
@@ -46,7 +48,7 @@ class PreparedSource:
     """(F,) bool per triangle of :func:`stream.mesh.extended_triangles`: usable as a warp source."""
     size: float
     """Face size (:func:`stream.mesh.face_size`) in ``levels[0]`` pixels."""
-    corners: tuple[np.ndarray, ...] = ()
+    corners: tuple[np.ndarray, ...]
     """Per level: (F, 2, 3) float64, each triangle's first corner and its two edge vectors (as
     columns) in that level's pixels — the source half of every per-frame affine map."""
 

@@ -20,6 +20,7 @@ Three modes (:data:`stream.choices.BlendMode`), all after Reinhard colour transf
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -42,9 +43,13 @@ from stream.stages.color import (
 from stream.stages.temporal import TrackMemo
 
 
+@functools.lru_cache(maxsize=64)
 def _checkerboard(h: int, w: int) -> np.ndarray:
-    """(h, w) bool, True where ``y + x`` is even (the "red" pixels of red-black ordering)."""
-    return ((np.arange(h)[:, None] + np.arange(w)[None, :]) & 1) == 0
+    """(h, w) bool, True where ``y + x`` is even (the "red" pixels of red-black ordering); read-only,
+    cached (solver grids of one face repeat their sizes frame after frame)."""
+    out = ((np.arange(h)[:, None] + np.arange(w)[None, :]) & 1) == 0
+    out.setflags(write=False)
+    return out
 
 
 def _sor(h: np.ndarray, fixed: np.ndarray, sweeps: int, omega: float) -> np.ndarray:

@@ -7,8 +7,8 @@ for large faces and large holes; the fill is upsampled and cross-faded with the 
 coverage edge. Uncovered pixels outside the face region serve as seeds with the target's own colours,
 so a hole reaching the face border fades towards the surroundings it will be blended into.
 
-When every face pixel is covered — the common frontal case — the stage only checks that and passes
-``reenacted`` through.
+The fill is written into ``reenacted`` itself and ``completed`` is that same array (no crop-sized copy
+per face); when every face pixel is covered — the common frontal case — the stage only checks that.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class ClassicalCompleter:
         """Nothing per source."""
 
     def complete(self, work: FaceWork) -> np.ndarray:
-        """``work.reenacted`` with the uncovered pixels of the face region filled."""
+        """``work.reenacted`` with the uncovered pixels of the face region filled, in place (the
+        result is ``work.reenacted`` itself)."""
         if work.reenacted is None or work.coverage is None:
             raise RuntimeError("the complete stage needs reenacted/coverage from a reenact stage")
         reenacted, coverage = work.reenacted, work.coverage
@@ -132,9 +133,10 @@ class ClassicalCompleter:
         k = 1.0 - c
         cv2.multiply(step, cv2.merge((k, k, k)), dst=step)
         cv2.add(step, src, dst=step)
-        out = reenacted.copy()
-        cv2.copyTo(step, fill, out[win])
-        return out
+        # In place: nothing reads the unfilled warp after this stage, and a second crop-sized float
+        # image per face costs more (fresh memory) than the whole fill.
+        cv2.copyTo(step, fill, reenacted[win])
+        return reenacted
 
     @staticmethod
     def _region(work: FaceWork, win: tuple[slice, slice]) -> np.ndarray:

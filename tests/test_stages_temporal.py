@@ -87,6 +87,8 @@ def test_memo_validates_its_options() -> None:
         TrackMemo(5, expire=2)
     with pytest.raises(InputError, match="max_entries"):
         TrackMemo(2, max_entries=0)
+    with pytest.raises(InputError, match="color_reuse"):
+        MeshBlender(color_reuse=0)
 
 
 def _frames(brightness: list[float]) -> list[Frame]:

@@ -251,6 +251,8 @@ class MeshBlender:
             raise InputError(f"unknown blend mode {mode!r}; choose from: {', '.join(BLEND_MODES)}")
         if color not in COLOR_TRANSFERS:
             raise InputError(f"unknown colour transfer {color!r}; choose from: {', '.join(COLOR_TRANSFERS)}")
+        if color_reuse < 1 or color_tolerance < 0:
+            raise InputError(f"color_reuse must be >= 1 and color_tolerance >= 0, got {color_reuse}, {color_tolerance}")
         self.mode: BlendMode = mode
         self.color: ColorTransfer = color
         self.poisson_size = poisson_size

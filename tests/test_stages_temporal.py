@@ -50,6 +50,15 @@ def test_tracks_not_seen_recently_are_dropped_and_the_store_is_bounded() -> None
     assert len(memo) == 0
 
 
+def test_a_straggling_frame_does_not_evict_fresh_entries() -> None:
+    memo: TrackMemo[int] = TrackMemo(3, expire=10)
+    memo.put("old", 88, 88)
+    memo.put("fresh", 100, 100)
+    memo.put("straggler", 92, 92)  # a worker behind the others (but within `expire`)
+    assert memo.get("fresh", 100) == 100 and memo.get("straggler", 92) == 92
+    assert memo.get("old", 88) is None  # more than `expire` older than the newest frame: dropped
+
+
 def test_concurrent_out_of_order_frames_keep_the_newest_entry() -> None:
     memo: TrackMemo[int] = TrackMemo(3)
     # Frames of four tracks in order, shuffled within blocks of eight as parallel workers finish them.
@@ -61,23 +70,28 @@ def test_concurrent_out_of_order_frames_keep_the_newest_entry() -> None:
         rng.shuffle(block)
         jobs += block
     served: list[tuple[int, int]] = []
+    stored: list[tuple[int, int]] = []
 
     def work(job: tuple[int, int]) -> None:
         track, i = job
         hit = memo.get(track, i)
         if hit is None:
             memo.put(track, i, i)  # the value is the frame that computed it
+            stored.append((track, i))
         else:
             served.append((i, hit))
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(work, jobs))
+        # Like ProcessorTrack, a bounded number of frames in flight (here two frames of each track).
+        for start in range(0, len(jobs), 8):
+            list(pool.map(work, jobs[start:start + 8]))
     assert served and all(abs(i - hit) < 3 for i, hit in served)
     # Whatever the order, the entry left is the newest frame that stored one.
     for track in range(4):
-        assert memo.get(track, 299) is not None and memo.get(track, 299) >= 297
-    memo.put(0, 200, -1)  # an older frame finishing late never replaces it
-    assert memo.get(0, 299) != -1
+        newest = max(i for t, i in stored if t == track)
+        assert memo.get(track, newest) == newest
+        memo.put(track, newest - 1, -1)  # an older frame finishing late never replaces it
+        assert memo.get(track, newest) == newest
 
 
 def test_memo_validates_its_options() -> None:
@@ -116,16 +130,26 @@ def _swapped(frames: list[Frame], color_reuse: int, workers: int = 1,
     return [f.image.astype(np.int16) for f in copies]
 
 
-def test_reused_colour_statistics_stay_close_to_fresh_ones_out_of_order() -> None:
-    # A slow brightening (half a grey level a frame): statistics reused for a few frames lag a little.
-    frames = _frames([0.5 * i for i in range(10)])
+def test_reused_colour_statistics_lag_a_slow_change_only_a_little() -> None:
+    # A slow brightening (0.8 grey levels a frame): statistics reused for a few frames lag a little.
+    frames = _frames([0.8 * i for i in range(8)])
     fresh = _swapped(frames, color_reuse=1)
-    reused = _swapped(frames, color_reuse=4, workers=2, order_seed=1)
-    assert np.array_equal(reused[0], fresh[0]) or np.abs(reused[0] - fresh[0]).max() <= 3
+    reused = _swapped(frames, color_reuse=4)
+    assert np.array_equal(reused[0], fresh[0])  # the frame that computed them
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh, reused, strict=True))  # later ones reused
     for a, b in zip(fresh, reused, strict=True):
         diff = np.abs(a - b)
         assert diff.max() <= 4 and diff.mean() < 0.1
-    assert any(not np.array_equal(a, b) for a, b in zip(fresh, reused, strict=True))  # it did reuse
+
+
+def test_out_of_order_frames_on_two_workers_stay_close_to_fresh_statistics() -> None:
+    frames = _frames([0.8 * i for i in range(10)])
+    fresh = _swapped(frames, color_reuse=1)
+    for seed in (1, 2):
+        reused = _swapped(frames, color_reuse=4, workers=2, order_seed=seed)
+        for a, b in zip(fresh, reused, strict=True):
+            diff = np.abs(a - b)
+            assert diff.max() <= 5 and diff.mean() < 0.15
 
 
 def test_a_cut_within_the_reuse_window_recomputes_the_statistics() -> None:

@@ -5,8 +5,9 @@ stage may compute them every few frames and reuse them in between. The chain run
 once (``ProcessorTrack(workers=N)``), so frames of one track can reach a stage out of order and from
 several threads: :class:`TrackMemo` therefore reuses an entry only for frames within ``reuse`` frames
 of the one that computed it (before or after), lets only a newer frame replace it (or any frame after
-a jump back: a restarted stream), forgets tracks not seen for a while, and locks around every access.
-Reuse is thus always within bounds whatever the order; the order only decides how often it happens.
+a jump back of more than ``expire`` frames: a restarted stream — far more than the chain ever has in
+flight), forgets tracks not seen for a while, and locks around every access. Reuse is thus always
+within bounds whatever the order; the order only decides how often it happens.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class TrackMemo(Generic[T]):
     Args:
         reuse: an entry serves frames whose index is less than this far from the entry's frame
             (1: never reused).
-        expire: entries this many frames away from the frame being stored are dropped.
+        expire: entries this many frames older than the newest one stored are dropped.
         max_entries: at most this many entries are kept (the oldest frames go first).
     """
 
@@ -41,6 +42,7 @@ class TrackMemo(Generic[T]):
         self.expire = expire
         self.max_entries = max_entries
         self._entries: dict[Hashable, tuple[int, T]] = {}
+        self._clock: int | None = None  # the newest frame stored since the last restart
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, frame_index: int) -> T | None:
@@ -58,10 +60,14 @@ class TrackMemo(Generic[T]):
             entry = self._entries.get(key)
             if entry is None or frame_index > entry[0] or entry[0] - frame_index > self.expire:
                 self._entries[key] = (frame_index, value)
-            self._evict(frame_index)
+            # Age is measured from the newest frame, so a straggler from another worker cannot evict
+            # fresh entries; a jump back of more than ``expire`` is a restart and resets the clock.
+            if self._clock is None or frame_index > self._clock or self._clock - frame_index > self.expire:
+                self._clock = frame_index
+            self._evict(self._clock)
 
-    def _evict(self, frame_index: int) -> None:
-        stale = [k for k, (i, _) in self._entries.items() if abs(frame_index - i) > self.expire]
+    def _evict(self, clock: int) -> None:
+        stale = [k for k, (i, _) in self._entries.items() if abs(clock - i) > self.expire]
         for k in stale:
             del self._entries[k]
         if len(self._entries) > self.max_entries:
@@ -73,6 +79,7 @@ class TrackMemo(Generic[T]):
         """Forget everything (a new source, or the end of a stream)."""
         with self._lock:
             self._entries.clear()
+            self._clock = None
 
     def __len__(self) -> int:
         with self._lock:

@@ -74,13 +74,16 @@ def _sor(h: np.ndarray, fixed: np.ndarray, sweeps: int, omega: float) -> np.ndar
     return h
 
 
-def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 10,
-                  sweeps: int = 4, omega: float = 1.6) -> np.ndarray:
+def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 8,
+                  sweeps: int = 4, omega: float = 1.8) -> np.ndarray:
     """Solve Laplace's equation for the pixels where ``fixed`` is False, ``values`` held where True.
 
     Coarse to fine (cascadic multigrid): at each halving a coarse pixel is fixed if at least half of
     its pixels are (to the mean of those); the coarsest grid gets ``coarse_sweeps`` red-black SOR
-    sweeps, each finer one ``sweeps`` times 2**level from the upsampled solution. Image borders are
+    sweeps, each finer one ``sweeps + 2 * level`` from the upsampled solution (level 0 the finest).
+    The default schedule was measured against a direct sparse solve on real face blends: closer to
+    it (mean and 99th percentile) than 4 * 2**level sweeps at omega 1.6, with a third fewer sweeps,
+    whose count matters as much as their size on these small grids. Image borders are
     free (zero normal derivative). ``values`` is (h, w) or (h, w, c); the result is float32 of the
     same shape. Accuracy is a few percent of the fixed values' range, and smooth: meant for blending.
     """
@@ -109,7 +112,7 @@ def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, c
         v, f = pyramid[level]
         h = cv2.resize(h, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_LINEAR)
         cv2.copyTo(v, f.view(np.uint8), h)
-        h = _sor(h, f, sweeps * 2 ** level, omega)
+        h = _sor(h, f, sweeps + 2 * level, omega)
     return h.reshape(shape)
 
 

@@ -193,21 +193,22 @@ class CropTransform:
 
 def _nonzero_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
     """``(x0, y0, x1, y1)`` bounding the pixels where ``alpha > 0``."""
-    rows = np.flatnonzero(alpha.max(axis=1) > 0)
-    if rows.size == 0:
+    x, y, w, h = cv2.boundingRect(cv2.compare(np.asarray(alpha, np.float32), 0.0, cv2.CMP_GT))
+    if w == 0:
         return None
-    cols = np.flatnonzero(alpha[rows[0]:rows[-1] + 1].max(axis=0) > 0)
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return x, y, x + w, y + h
 
 
 def _composite(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
-    """``dst = src * alpha + dst * (1 - alpha)`` in place, rounded, for uint8 ``dst``."""
-    a = alpha.astype(np.float32)[..., None]
-    out = src.astype(np.float32) * a
-    out += dst.astype(np.float32) * (1.0 - a)
-    out += 0.5
-    np.clip(out, 0, 255, out=out)
-    dst[:] = out.astype(np.uint8)
+    """``dst = src * alpha + dst * (1 - alpha)`` in place, rounded, for uint8 ``dst``.
+
+    Computed as ``dst + alpha (src - dst)`` in three OpenCV passes (several times faster than numpy).
+    """
+    a = np.asarray(alpha, np.float32)
+    diff = cv2.subtract(src, dst, dtype=cv2.CV_32F)
+    cv2.multiply(diff, cv2.merge((a, a, a)), dst=diff)
+    out = cv2.add(diff, dst, dtype=cv2.CV_8U)
+    dst[:] = out
 
 
 @dataclass

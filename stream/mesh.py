@@ -73,6 +73,8 @@ RIGHT_EYE: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_RIGHT_EYE)
 LEFT_EYE: tuple[int, ...] = _rotate_to(_ordered_loops(_conn.FACEMESH_LEFT_EYE)[0], 263)
 """The subject's left eye contour (image right), 16 points from the outer corner 263."""
 del _lip_loops
+_OVAL_IDX = np.array(FACE_OVAL)
+_OVAL_NEXT = np.roll(_OVAL_IDX, -1)
 
 # Corners that split each hole of the tessellation into an upper and a lower chain.
 _HOLE_CORNERS = {RIGHT_EYE: (33, 133), LEFT_EYE: (362, 263), LIPS_INNER: (78, 308)}
@@ -199,7 +201,7 @@ def extended_points(landmarks: np.ndarray, margin: float = 0.1) -> np.ndarray:
     distance (in x, y; z is kept), so source and target rings correspond.
     """
     pts = np.asarray(landmarks, dtype=np.float32)[:N_MESH]
-    oval = pts[list(FACE_OVAL)]
+    oval = pts[_OVAL_IDX]
     ring = oval.copy()
     centre = oval[:, :2].mean(0)
     ring[:, :2] = oval[:, :2] + margin * (oval[:, :2] - centre)
@@ -213,24 +215,44 @@ def signed_areas(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
     return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
+_MOUTH_IDX = np.array(_MOUTH_PAIRS).T  # (2, 3): upper lids, lower lids
+
+
 def face_size(landmarks: np.ndarray) -> float:
     """A face-size scale in pixels: the square root of the face-oval polygon's area."""
-    p = np.asarray(landmarks)[list(FACE_OVAL), :2].astype(np.float64)
-    x, y = p[:, 0], p[:, 1]
-    return float(np.sqrt(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2))
+    lm = np.asarray(landmarks)
+    a = lm[_OVAL_IDX, :2].astype(np.float64)
+    b = lm[_OVAL_NEXT, :2].astype(np.float64)
+    return float(np.sqrt(abs(float(np.dot(a[:, 0], b[:, 1]) - np.dot(a[:, 1], b[:, 0]))) / 2))
 
 
 def mouth_open_ratio(landmarks: np.ndarray) -> float:
     """Mean gap between the inner lips divided by the mouth width (inner corners): ~0 closed, >0.1 open."""
     p = np.asarray(landmarks)[:, :2].astype(np.float64)
-    gap = np.mean([np.linalg.norm(p[u] - p[lo]) for u, lo in _MOUTH_PAIRS])
-    width = np.linalg.norm(p[_MOUTH_CORNERS[0]] - p[_MOUTH_CORNERS[1]])
+    gap = np.sqrt(((p[_MOUTH_IDX[0]] - p[_MOUTH_IDX[1]]) ** 2).sum(1)).mean()
+    width = float(np.hypot(*(p[_MOUTH_CORNERS[0]] - p[_MOUTH_CORNERS[1]])))
     return float(gap / width) if width > 1e-6 else 0.0
 
 
 def polygon(landmarks: np.ndarray, contour: tuple[int, ...]) -> np.ndarray:
     """(N, 2) float32 points of an ordered ``contour`` (e.g. :data:`FACE_OVAL`) from ``landmarks``."""
     return np.asarray(landmarks, dtype=np.float32)[list(contour), :2]
+
+
+def _sort_corners(v: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``ax, ay, bx, by, cx, cy`` of (F, 3, 2) triangles with corners sorted by (y, x) (a sorting
+    network of three compare-exchanges, much faster than a general sort of such short rows)."""
+    px, py = [v[:, i, 0] for i in range(3)], [v[:, i, 1] for i in range(3)]
+
+    def exchange(i: int, j: int) -> None:
+        swap = (py[j] < py[i]) | ((py[j] == py[i]) & (px[j] < px[i]))
+        px[i], px[j] = np.where(swap, px[j], px[i]), np.where(swap, px[i], px[j])
+        py[i], py[j] = np.where(swap, py[j], py[i]), np.where(swap, py[i], py[j])
+
+    exchange(0, 1)
+    exchange(1, 2)
+    exchange(0, 1)
+    return px[0], py[0], px[1], py[1], px[2], py[2]
 
 
 def rasterize_triangles(points: np.ndarray, tris: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -245,37 +267,50 @@ def rasterize_triangles(points: np.ndarray, tris: np.ndarray, shape: tuple[int, 
     v = np.asarray(points, dtype=np.float64)[:, :2][tris]  # (F, 3, 2)
     if len(v) == 0:
         return ids.reshape(h, w)
-    # One row per edge: y range, x at the lower end, dx/dy, and for a horizontal edge its x extent.
-    # Each edge starts at its lower (then left) end, so two triangles sharing it get identical crossings.
-    p, q = v, v[:, [1, 2, 0]]
-    swap = (q[..., 1] < p[..., 1]) | ((q[..., 1] == p[..., 1]) & (q[..., 0] < p[..., 0]))
-    lo = np.where(swap[..., None], q, p)
-    hi = np.where(swap[..., None], p, q)
-    dy = hi[..., 1] - lo[..., 1]
-    flat = dy == 0
-    slope = np.where(flat, 0.0, (hi[..., 0] - lo[..., 0]) / np.where(flat, 1.0, dy))
-    extent = np.where(flat, hi[..., 0] - lo[..., 0], 0.0)
-    table = np.stack([lo[..., 1], hi[..., 1], lo[..., 0], slope, extent], -1)
-    y0 = np.maximum(np.ceil(v[..., 1].min(1)), 0).astype(np.int64)
-    y1 = np.minimum(np.floor(v[..., 1].max(1)), h - 1).astype(np.int64)
+    # Corners sorted by (y, x): top a, middle b, bottom c. Every edge then runs from its upper (then
+    # left) end, so two triangles sharing an edge compute bit-identical crossings: no cracks.
+    ax, ay, bx, by, cx, cy = _sort_corners(v)
+    y0 = np.maximum(np.ceil(ay), 0).astype(np.int64)
+    y1 = np.minimum(np.floor(cy), h - 1).astype(np.int64)
     nrows = np.maximum(y1 - y0 + 1, 0)
-    tid = np.repeat(np.arange(len(v)), nrows)
-    if tid.size == 0:
+    total_rows = int(nrows.sum())
+    if total_rows == 0:
         return ids.reshape(h, w)
-    y = np.repeat(y0 - np.cumsum(nrows) + nrows, nrows) + np.arange(tid.size)
-    e = table[tid]  # (rows, 3 edges, 5)
-    yf = y[:, None].astype(np.float64)
-    hit = (yf >= e[..., 0]) & (yf <= e[..., 1])
-    x = e[..., 2] + (yf - e[..., 0]) * e[..., 3]
-    x0 = np.maximum(np.ceil(np.where(hit, x, np.inf).min(1)), 0)
-    x1 = np.minimum(np.floor(np.where(hit, x + e[..., 4], -np.inf).max(1)), w - 1)
+
+    def edge(x0: np.ndarray, y0_: np.ndarray, x1: np.ndarray, y1_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # dx/dy, and for a horizontal edge its x extent (painted on the row it lies on).
+        dy = y1_ - y0_
+        flat = dy == 0
+        return np.where(flat, 0.0, (x1 - x0) / np.where(flat, 1.0, dy)), np.where(flat, x1 - x0, 0.0)
+
+    (s_ac, e_ac), (s_ab, e_ab), (s_bc, e_bc) = edge(ax, ay, cx, cy), edge(ax, ay, bx, by), edge(bx, by, cx, cy)
+    tid = np.repeat(np.arange(len(v), dtype=np.int32), nrows)
+    y = (np.repeat(y0 - np.cumsum(nrows) + nrows, nrows) + np.arange(total_rows)).astype(np.float64)
+    # Long edge a-c crosses every row; of the short ones a-b covers rows up to b, b-c rows from b
+    # (a row through b itself takes both).
+    tay, tby = ay[tid], by[tid]
+    xl = ax[tid] + (y - tay) * s_ac[tid]
+    xr = xl + e_ac[tid]
+    upper = y <= tby
+    xb = np.where(upper, ax[tid] + (y - tay) * s_ab[tid], bx[tid] + (y - tby) * s_bc[tid])
+    xe = xb + np.where(upper, e_ab[tid], e_bc[tid])
+    np.minimum(xl, xb, out=xl)
+    np.maximum(xr, xe, out=xr)
+    mid = np.flatnonzero(y == tby)  # rows through the middle corner: the a-b edge ends there too
+    if mid.size:
+        t = tid[mid]
+        xm = bx[t] + (y[mid] - by[t]) * s_bc[t]
+        xl[mid] = np.minimum(xl[mid], xm)
+        xr[mid] = np.maximum(xr[mid], xm + e_bc[t])
+    x0 = np.maximum(np.ceil(xl), 0)
+    x1 = np.minimum(np.floor(xr), w - 1)
     npx = np.maximum(x1 - x0 + 1, 0).astype(np.int64)
     total = int(npx.sum())
     if total == 0:
         return ids.reshape(h, w)
     # Flat pixel index = row start + running offset within the row's span.
-    start = y * w + x0.astype(np.int64)
+    start = y.astype(np.int64) * w + x0.astype(np.int64)
     flat_idx = np.repeat(start - np.cumsum(npx) + npx, npx) + np.arange(total)
     # Sequential fancy assignment: with repeated indices the last write wins (painter's order).
-    ids[flat_idx] = np.repeat(tid, npx).astype(np.int32)
+    ids[flat_idx] = np.repeat(tid, npx)
     return ids.reshape(h, w)

@@ -34,7 +34,8 @@ def benchmark_default_chain(source: SourceFace, frame: Frame, *,
         chain.set_source(SourceBank([source]))
         samples: dict[str, list[float]] = {}
         for i in range(repeats + 1):
-            f = Frame(index=frame.index, image=frame.image.copy(), faces=list(frame.faces))
+            # Consecutive indices, as in a stream: per-track state is reused as often as it would be there.
+            f = Frame(index=frame.index + i, image=frame.image.copy(), faces=list(frame.faces))
             t0 = time.perf_counter()
             chain(f)
             total = time.perf_counter() - t0

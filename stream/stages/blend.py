@@ -20,6 +20,7 @@ Three modes (:data:`stream.choices.BlendMode`), all after Reinhard colour transf
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -31,57 +32,149 @@ from stream.choices import BLEND_MODES, COLOR_TRANSFERS, BlendMode, ColorTransfe
 from stream.exceptions import InputError
 from stream.frames import FaceWork
 from stream.stages.base import SourceBank
-from stream.stages.color import correct_colors, to_uint8
+from stream.stages.color import (
+    apply_lab_lut,
+    correct_colors,
+    masked_stats,
+    reference_lab_stats,
+    reinhard_lut,
+    to_uint8,
+)
+from stream.stages.temporal import TrackMemo
 
-_NEIGHBOURS = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
+
+@functools.lru_cache(maxsize=64)
+def _checkerboard(h: int, w: int) -> np.ndarray:
+    """(h, w) bool, True where ``y + x`` is even (the "red" pixels of red-black ordering); read-only,
+    cached (solver grids of one face repeat their sizes frame after frame)."""
+    out = ((np.arange(h)[:, None] + np.arange(w)[None, :]) & 1) == 0
+    out.setflags(write=False)
+    return out
 
 
-def _sor(h: np.ndarray, fixed: np.ndarray, values: np.ndarray, sweeps: int, omega: float) -> np.ndarray:
+def _sor(h: np.ndarray, fixed: np.ndarray, sweeps: int, omega: float) -> np.ndarray:
     """``sweeps`` red-black over-relaxed Gauss-Seidel sweeps of Laplace's equation on the free pixels
-    (4-neighbour mean, replicated border = zero normal derivative at the image edge)."""
-    yy, xx = np.indices(fixed.shape[:2])
-    red = ((yy + xx) % 2 == 0).reshape(fixed.shape[:2] + (1,) * (fixed.ndim - 2))
-    colours = (red & ~fixed, ~red & ~fixed)
+    of ``h`` (in place; 4-neighbour mean, replicated border = zero normal derivative at the image edge).
+
+    One half-sweep is two OpenCV calls: the relaxation ``h + omega (mean - h)`` is a single 3x3
+    filter, copied onto the pixels of one colour through a mask.
+    """
+    if sweeps <= 0:
+        return h
+    red = _checkerboard(*fixed.shape)
+    free = ~fixed
+    colours = ((red & free).view(np.uint8), (~red & free).view(np.uint8))
+    q = omega / 4
+    kernel = np.array([[0, q, 0], [q, 1 - omega, q], [0, q, 0]], np.float32)
+    buf = np.empty_like(h)
     for _ in range(sweeps):
         for update in colours:
-            mean = cv2.filter2D(h, -1, _NEIGHBOURS, borderType=cv2.BORDER_REPLICATE).reshape(h.shape)
-            np.copyto(h, h + omega * (mean - h), where=update)
+            cv2.filter2D(h, -1, kernel, dst=buf, borderType=cv2.BORDER_REPLICATE)
+            cv2.copyTo(buf, update, h)
     return h
 
 
-def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 30,
-                  sweeps: int = 4, omega: float = 1.6) -> np.ndarray:
+def harmonic_fill(values: np.ndarray, fixed: np.ndarray, *, min_size: int = 8, coarse_sweeps: int = 8,
+                  sweeps: int = 4, omega: float = 1.8) -> np.ndarray:
     """Solve Laplace's equation for the pixels where ``fixed`` is False, ``values`` held where True.
 
     Coarse to fine (cascadic multigrid): at each halving a coarse pixel is fixed if at least half of
     its pixels are (to the mean of those); the coarsest grid gets ``coarse_sweeps`` red-black SOR
-    sweeps, each finer one ``sweeps`` times 2**level from the upsampled solution. Image borders are
+    sweeps, each finer one ``sweeps + 2 * level`` from the upsampled solution (level 0 the finest).
+    The default schedule was measured against a direct sparse solve on real face blends: closer to
+    it (mean and 99th percentile) than 4 * 2**level sweeps at omega 1.6, with a third fewer sweeps,
+    whose count matters as much as their size on these small grids. Image borders are
     free (zero normal derivative). ``values`` is (h, w) or (h, w, c); the result is float32 of the
     same shape. Accuracy is a few percent of the fixed values' range, and smooth: meant for blending.
     """
     values = np.asarray(values, np.float32)
     shape = values.shape
-    values = values.reshape(*shape[:2], -1)
-    f3 = fixed[..., None]
-    pyramid = [(values, f3)]
-    while min(pyramid[-1][1].shape[:2]) > 2 * min_size:
+    # OpenCV keeps a trailing channel axis only for c > 1: work on (h, w) or (h, w, c > 1) arrays.
+    values = values.reshape(shape[:2]) if values.ndim == 3 and shape[2] == 1 else values
+    fixed = np.asarray(fixed, bool)
+    weight = fixed.astype(np.float32)
+    values = _masked(values, weight)
+    pyramid = [(values, fixed)]
+    while min(pyramid[-1][1].shape) > 2 * min_size:
         v, f = pyramid[-1]
         size = ((f.shape[1] + 1) // 2, (f.shape[0] + 1) // 2)
-        fw = cv2.resize(f[..., 0].astype(np.float32), size, interpolation=cv2.INTER_AREA)[..., None]
-        vw = cv2.resize(np.where(f, v, 0).astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        vw = vw.reshape(*vw.shape[:2], -1)
-        pyramid.append((vw / np.maximum(fw, 1e-6), fw >= 0.5))
+        fw = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
+        vw = cv2.resize(v, size, interpolation=cv2.INTER_AREA)  # v is 0 on free pixels
+        f = fw >= 0.5
+        weight = f.astype(np.float32)
+        pyramid.append((_masked(_divide(vw, fw), weight), f))
     v, f = pyramid[-1]
     # Start the coarsest grid from the mean of its fixed values.
-    start = v[f[..., 0]].mean(0) if f.any() else 0.0
-    h = np.where(f, v, start).astype(np.float32)
-    h = _sor(h, f, v, coarse_sweeps, omega)
+    start = v[f].mean(0) if f.any() else 0.0
+    h = np.where(f.reshape(f.shape + (1,) * (v.ndim - 2)), v, np.float32(start)).astype(np.float32)
+    h = _sor(h, f, coarse_sweeps, omega)
     for level in range(len(pyramid) - 2, -1, -1):
         v, f = pyramid[level]
-        h = cv2.resize(h, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(v.shape)
-        np.copyto(h, v, where=f)
-        h = _sor(h, f, v, sweeps * 2 ** level, omega)
+        h = cv2.resize(h, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_LINEAR)
+        cv2.copyTo(v, f.view(np.uint8), h)
+        h = _sor(h, f, sweeps + 2 * level, omega)
     return h.reshape(shape)
+
+
+def _masked(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``values`` times the (h, w) ``weight`` on every channel."""
+    return values * (weight if values.ndim == 2 else weight[..., None])
+
+
+def _divide(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``values`` divided by the (h, w) ``weight`` on every channel (weights below 1e-6 count as 1e-6)."""
+    inv = 1.0 / np.maximum(weight, np.float32(1e-6))
+    return values * (inv if values.ndim == 2 else inv[..., None])
+
+
+def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per-column quantiles of (n, c) ``values``, linearly interpolated as :func:`numpy.quantile`
+    does, from one partial sort (several times faster than ``np.quantile``)."""
+    n = len(values)
+    pos = [q * (n - 1) for q in qs]
+    lows = [int(np.floor(p)) for p in pos]
+    kth = sorted({k for i in lows for k in (i, min(i + 1, n - 1))})
+    part = np.partition(values, kth, axis=0)
+    return [part[i] + (part[min(i + 1, n - 1)] - part[i]) * np.float32(p - i) for i, p in zip(lows, pos, strict=True)]
+
+
+def _clip_channels(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(h, w, c) float32 ``image`` clipped per channel to ``[lo, hi]`` (OpenCV with per-channel
+    scalars for up to four channels)."""
+    c = image.shape[2]
+    if c > 4:
+        return np.clip(image, lo.astype(np.float32), hi.astype(np.float32))
+    pad = (0.0,) * (4 - c)
+    out = cv2.min(cv2.max(image, tuple(map(float, lo)) + pad), tuple(map(float, hi)) + pad)
+    return out.reshape(image.shape)
+
+
+def poisson_correction(diff: np.ndarray, fixed: np.ndarray, *, scale: float = 1.0,
+                       robust: float = 0.1) -> np.ndarray:
+    """The smooth correction of seamless cloning: harmonic where ``fixed`` is False and equal to
+    ``diff`` (``bg - fg``, float32 (h, w, c), zero on free pixels) where it is True.
+
+    ``scale`` < 1 solves on a grid that much coarser (a coarse pixel is fixed if any of its pixels
+    is, to their mean) and upsamples the result. ``robust`` > 0 clips the values next to the free
+    region per channel to their ``robust`` .. ``1 - robust`` quantiles first (see :func:`poisson_blend`).
+    Returns float32 (h, w, c).
+    """
+    h, w = fixed.shape
+    if scale < 1.0:
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        fw = cv2.resize(fixed.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        diff = _divide(cv2.resize(diff, size, interpolation=cv2.INTER_AREA), fw)
+        diff = diff.reshape(*diff.shape[:2], -1)
+        fixed = fw > 0
+    if robust > 0:
+        ring = fixed & (cv2.dilate((~fixed).view(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+        if ring.any():
+            lo, hi = _quantiles(diff[ring], (robust, 1 - robust))
+            diff = _clip_channels(diff, lo, hi)
+    corr = harmonic_fill(diff, fixed)
+    if scale < 1.0:
+        corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    return corr
 
 
 def poisson_blend(fg: np.ndarray, bg: np.ndarray, region: np.ndarray, *, scale: float = 1.0,
@@ -97,23 +190,10 @@ def poisson_blend(fg: np.ndarray, bg: np.ndarray, region: np.ndarray, *, scale: 
     """
     bg = np.asarray(bg, np.float32)
     fg = np.asarray(fg, np.float32)
-    h, w = region.shape
+    region = np.asarray(region, bool)
     fixed = ~region
-    diff = bg - fg
-    if scale < 1.0:
-        size = (max(2, round(w * scale)), max(2, round(h * scale)))
-        fw = cv2.resize(fixed.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        diff = cv2.resize(np.where(fixed[..., None], diff, 0), size, interpolation=cv2.INTER_AREA)
-        diff /= np.maximum(fw, 1e-6)[..., None]
-        fixed = fw > 0  # a coarse pixel is fixed if any of its pixels is, to their mean
-    if robust > 0:
-        ring = fixed & (cv2.dilate((~fixed).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
-        if ring.any():
-            lo, hi = np.quantile(diff[ring], [robust, 1 - robust], axis=0)
-            diff = np.clip(diff, lo, hi)
-    corr = harmonic_fill(diff, fixed)
-    if scale < 1.0:
-        corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR)
+    diff = (bg - fg) * fixed[..., None]
+    corr = poisson_correction(diff, fixed, scale=scale, robust=robust)
     return np.where(region[..., None], fg + corr, bg)
 
 
@@ -158,24 +238,35 @@ class MeshBlender:
         color: colour transfer before blending, ``"lab"`` (Reinhard) or ``"none"``.
         poisson_size: the Poisson correction is solved at a resolution where the face is about this
             many pixels (it is smooth; the soft paste mask hides the finer part of the seam).
+        color_reuse: the colour transfer's statistics of a track are computed every this many frames
+            and reused in between (1: every frame), unless the target's window changed its mean
+            colour by more than ``color_tolerance`` grey levels (a cut, a light switched on). The
+            transfer itself is applied to every frame.
+        color_tolerance: see ``color_reuse``.
         name: the stage's name in timings.
     """
 
     kind: ClassVar[StageKind] = "blend"
 
     def __init__(self, *, mode: BlendMode = "poisson", color: ColorTransfer = "lab", poisson_size: int = 96,
-                 name: str | None = None) -> None:
+                 color_reuse: int = 4, color_tolerance: float = 3.0, name: str | None = None) -> None:
         if mode not in BLEND_MODES:
             raise InputError(f"unknown blend mode {mode!r}; choose from: {', '.join(BLEND_MODES)}")
         if color not in COLOR_TRANSFERS:
             raise InputError(f"unknown colour transfer {color!r}; choose from: {', '.join(COLOR_TRANSFERS)}")
+        if color_reuse < 1 or color_tolerance < 0:
+            raise InputError(f"color_reuse must be >= 1 and color_tolerance >= 0, got {color_reuse}, {color_tolerance}")
         self.mode: BlendMode = mode
         self.color: ColorTransfer = color
         self.poisson_size = poisson_size
+        self.color_tolerance = color_tolerance
         self.name = name or f"blend_{mode}"
+        # Per (track, source face): the LAB lookup table and the target window's mean colour.
+        self._colour: TrackMemo[tuple[np.ndarray, np.ndarray]] = TrackMemo(color_reuse)
 
     def set_source(self, bank: SourceBank) -> None:
-        """Nothing per source."""
+        """Forget the colour statistics (they depend on the source)."""
+        self._colour.clear()
 
     def blend(self, work: FaceWork) -> tuple[np.ndarray, np.ndarray]:
         """``(output, alpha)`` for one face: uint8 RGB crop and float32 paste weights."""
@@ -184,47 +275,82 @@ class MeshBlender:
             raise RuntimeError("the blend stage needs reenacted/completed and face_mask from earlier stages")
         image = work.image
         h, w = image.shape[:2]
-        mask = work.face_mask if work.mouth_mask is None else work.face_mask * (1.0 - work.mouth_mask)
         output = image.copy()
         alpha = np.zeros((h, w), np.float32)
-        ys, xs = np.nonzero(mask > 0)
-        if ys.size == 0:
+        # Everything happens in the window of the face mask (the mouth mask only removes pixels).
+        bx, by, bw, bh = cv2.boundingRect(cv2.compare(work.face_mask, 0.0, cv2.CMP_GT))
+        if bw == 0:
             return output, alpha
         size = mesh.face_size(work.landmarks)
         levels = pyramid_levels(size)
         pad = {"alpha": 1, "poisson": 2, "pyramid": 2 ** (levels + 1)}[self.mode]
-        x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
-        x1, y1 = min(int(xs.max()) + pad + 1, w), min(int(ys.max()) + pad + 1, h)
+        x0, y0 = max(bx - pad, 0), max(by - pad, 0)
+        x1, y1 = min(bx + bw + pad, w), min(by + bh + pad, h)
         win = (slice(y0, y1), slice(x0, x1))
+        face = work.face_mask[win]
+        mouth = None if work.mouth_mask is None else work.mouth_mask[win]
+        m = face if mouth is None or not cv2.countNonZero(mouth) else face * (1.0 - mouth)
+        if not m.any():
+            return output, alpha
         bg8 = image[win]
-        bg = bg8.astype(np.float32)
-        m = mask[win]
-        fg = fg_full[win]
+        cov = None if work.coverage is None else work.coverage[win]
+        fg8 = to_uint8(fg_full[win])
         if self.color != "none":
-            inner = m > 0.5
-            covered = inner if work.coverage is None else inner & (work.coverage[win] > 0.5)
-            fg = correct_colors(self.color, fg, covered, bg8, inner)
-        # Beyond the warped/filled face the source has nothing: show the target there, so blurred
-        # bands and the solver see a continuous image.
-        valid = work.face_mask[win] > 0
-        if work.coverage is not None:
-            valid = np.maximum(work.coverage[win], valid)
-        fg = bg + valid[..., None] * (fg - bg)
+            fg8 = self._recolour(work, fg8, m, cov, bg8)
+        # Beyond the warped/filled face the source has nothing: the target shows there, so blurred
+        # bands and the solver see a continuous image. Inside the paste region ``valid`` is 1.
+        valid = (face > 0).astype(np.float32)
+        if cov is not None:
+            valid = np.maximum(cov, valid)
+        region = m > 0
+        if self.mode == "poisson":
+            fixed = ~region
+            # bg - fg where the solver holds values (zero elsewhere), with fg = bg + valid (fg - bg).
+            weight = valid * fixed
+            diff = cv2.subtract(bg8, fg8, dtype=cv2.CV_32F)
+            cv2.multiply(diff, cv2.merge((weight, weight, weight)), dst=diff)
+            corr = poisson_correction(diff, fixed, scale=min(1.0, self.poisson_size / size))
+            out8 = cv2.add(corr, fg8, dtype=cv2.CV_8U)
+            cv2.copyTo(out8, region.view(np.uint8), output[win])
+            alpha[win] = m
+            return output, alpha
+        bg = bg8.astype(np.float32)
+        fg = bg + valid[..., None] * (fg8.astype(np.float32) - bg)
         if self.mode == "alpha":
             out, a = fg, m
-        elif self.mode == "pyramid":
+        else:
             out, a = pyramid_blend(fg, bg, m, levels)
             if work.mouth_mask is not None:  # coarse bands reach into the mouth: keep it the target's
                 a = a * (1.0 - work.mouth_mask[win])
-        else:
-            out, a = poisson_blend(fg, bg, m > 0, scale=min(1.0, self.poisson_size / size)), m
         output[win] = to_uint8(out)
         alpha[win] = a
         return output, alpha
+
+    def _recolour(self, work: FaceWork, fg8: np.ndarray, m: np.ndarray, cov: np.ndarray | None,
+                  bg8: np.ndarray) -> np.ndarray:
+        """Reinhard transfer of the face window ``fg8`` towards the target ``bg8`` (uint8 RGB)."""
+        inner = m > 0.5
+        covered = inner if cov is None else inner & (cov > 0.5)
+        if self.color != "lab":
+            return to_uint8(correct_colors(self.color, fg8, covered, bg8, inner))
+        lab = cv2.cvtColor(fg8, cv2.COLOR_RGB2LAB)
+        key = (work.target.track_id, id(work.source))
+        fingerprint = np.array(cv2.mean(bg8)[:3], np.float32)
+        cached = self._colour.get(key, work.frame_index)
+        if cached is not None and np.abs(cached[1] - fingerprint).max() <= self.color_tolerance:
+            return apply_lab_lut(lab, cached[0])
+        src_stats = masked_stats(lab, covered)
+        ref_stats = reference_lab_stats(bg8, inner)
+        if src_stats is None or ref_stats is None:
+            return fg8
+        lut = reinhard_lut(src_stats, ref_stats)
+        self._colour.put(key, work.frame_index, (lut, fingerprint))
+        return apply_lab_lut(lab, lut)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:
             work.output, work.alpha = self.blend(work)
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Forget the per-track state. Safe to call twice."""
+        self._colour.clear()

@@ -10,7 +10,9 @@ exact up to the kinks at triangle edges because the piecewise-affine map is cont
 Per-source work happens in :meth:`MeshWarpReenactor.set_source`: the source is cropped around its
 face, converted to float32, given a half-resolution pyramid (so a large source is not aliased onto a
 small target), and each of its triangles is judged usable or not — back-facing or hidden behind a
-nearer part of the face (a z-buffer over the source mesh), degenerate or seen edge-on. Target pixels
+nearer part of the face (a z-buffer over the source mesh), degenerate or seen edge-on; the source
+half of every triangle's affine map (its corner and edge vectors, per pyramid level) is kept too, so a
+frame only inverts its own 2x2 edge matrices. Target pixels
 whose triangle is unusable in the source, or that would sample outside the source image, get
 ``coverage`` 0 and are left to the ``complete`` stage.
 """
@@ -46,6 +48,9 @@ class PreparedSource:
     """(F,) bool per triangle of :func:`stream.mesh.extended_triangles`: usable as a warp source."""
     size: float
     """Face size (:func:`stream.mesh.face_size`) in ``levels[0]`` pixels."""
+    corners: tuple[np.ndarray, ...]
+    """Per level: (F, 2, 3) float64, each triangle's first corner and its two edge vectors (as
+    columns) in that level's pixels — the source half of every per-frame affine map."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +67,31 @@ class WarpMap:
     level: int
 
 
-def _triangle_affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    """(F, 2, 3) affine maps taking each ``dst`` triangle onto the matching ``src`` triangle."""
-    d = dst[:, :2].astype(np.float64)[tris]  # (F, 3, 2)
-    s = src[:, :2].astype(np.float64)[tris]
-    e1, e2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
-    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-    inv = np.stack([np.stack([e2[:, 1], -e2[:, 0]], -1), np.stack([-e1[:, 1], e1[:, 0]], -1)], 1)
-    inv /= det[:, None, None]
-    f1, f2 = s[:, 1] - s[:, 0], s[:, 2] - s[:, 0]
-    lin = np.stack([f1, f2], -1) @ inv  # (F, 2, 2): columns f1, f2 times the inverse of [e1 e2]
-    off = s[:, 0] - np.einsum("fij,fj->fi", lin, d[:, 0])
-    return np.concatenate([lin, off[:, :, None]], 2)
+def _corners(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """(F, 2, 3) float64: per triangle, columns ``[p1 - p0, p2 - p0, p0]`` of its corners' x, y."""
+    p = np.asarray(points, np.float64)[:, :2][tris]  # (F, 3, 2)
+    return np.stack([p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 0]], -1)
+
+
+def _triangle_affines(dst: np.ndarray, src_corners: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """(F, 6) affine maps ``(a00, a01, a02, a10, a11, a12)`` taking each ``dst`` triangle onto the
+    source triangle whose :func:`_corners` are ``src_corners`` (same order as ``tris``)."""
+    p = np.asarray(dst, np.float64)[:, :2]
+    p0, p1, p2 = p[tris[:, 0]], p[tris[:, 1]], p[tris[:, 2]]
+    e1x, e1y = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
+    e2x, e2y = p2[:, 0] - p0[:, 0], p2[:, 1] - p0[:, 1]
+    det = e1x * e2y - e1y * e2x
+    inv_det = 1.0 / np.where(np.abs(det) < 1e-12, 1e-12, det)
+    # Inverse of the target edge matrix [e1 e2] (columns), then source edges times it.
+    i00, i01, i10, i11 = e2y * inv_det, -e2x * inv_det, -e1y * inv_det, e1x * inv_det
+    out = np.empty((len(tris), 6))
+    for row in range(2):
+        f1, f2, s0 = src_corners[:, row, 0], src_corners[:, row, 1], src_corners[:, row, 2]
+        a, b = f1 * i00 + f2 * i10, f1 * i01 + f2 * i11
+        out[:, 3 * row] = a
+        out[:, 3 * row + 1] = b
+        out[:, 3 * row + 2] = s0 - a * p0[:, 0] - b * p0[:, 1]
+    return out
 
 
 class MeshWarpReenactor:
@@ -128,7 +145,11 @@ class MeshWarpReenactor:
             prev = levels[-1]
             levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2),
                                      interpolation=cv2.INTER_AREA))
-        return PreparedSource(tuple(levels), pts, self._usable(pts, size), size)
+        corners = []
+        for k in range(len(levels)):
+            f = 2.0 ** k
+            corners.append(_corners((pts[:, :2] + 0.5) / f - 0.5, self._tris))
+        return PreparedSource(tuple(levels), pts, self._usable(pts, size), size, tuple(corners))
 
     def _usable(self, pts: np.ndarray, size: float) -> np.ndarray:
         tris = self._tris
@@ -161,6 +182,10 @@ class MeshWarpReenactor:
             return prepared
         return hit[1]
 
+    def grid_step(self, face_size: float) -> int:
+        """The grid step of the dense map for a target face of ``face_size`` pixels."""
+        return self.step or int(np.clip(face_size // 100, 1, 4))
+
     def dense_map(self, work: FaceWork) -> WarpMap | None:
         """The map from ``work``'s crop into its source; None when no target triangle is visible."""
         src = self._lookup(work.source)
@@ -170,52 +195,54 @@ class MeshWarpReenactor:
         tgt_size = mesh.face_size(work.landmarks)
         ratio = src.size / max(tgt_size, 1e-6)
         level = int(np.clip(np.floor(np.log2(max(ratio, 1e-6))), 0, len(src.levels) - 1))
-        f = 2.0 ** level
-        src_pts = src.points.copy()
-        src_pts[:, :2] = (src_pts[:, :2] + 0.5) / f - 0.5
 
         # Draw only triangles facing the camera in the target, far to near.
         draw = np.flatnonzero(mesh.signed_areas(tgt, tris) > 1e-6)
         if draw.size == 0:
             return None
-        draw = draw[np.argsort(-tgt[tris[draw], 2].mean(1), kind="stable")]
-        s = self.step or int(np.clip(tgt_size // 100, 1, 4))
-        used = tgt[np.unique(tris[draw])]
-        x0 = max(int(np.floor(used[:, 0].min())), 0)
-        y0 = max(int(np.floor(used[:, 1].min())), 0)
-        x1 = min(int(np.ceil(used[:, 0].max())) + 1, crop_w)
-        y1 = min(int(np.ceil(used[:, 1].max())) + 1, crop_h)
+        drawn = tris[draw]
+        draw = draw[np.argsort(-tgt[drawn, 2].sum(1), kind="stable")]
+        drawn = tris[draw]
+        s = self.grid_step(tgt_size)
+        used = np.zeros(len(tgt), bool)
+        used[drawn.ravel()] = True
+        lo, hi = tgt[used, :2].min(0), tgt[used, :2].max(0)
+        x0, y0 = max(int(np.floor(lo[0])), 0), max(int(np.floor(lo[1])), 0)
+        x1, y1 = min(int(np.ceil(hi[0])) + 1, crop_w), min(int(np.ceil(hi[1])) + 1, crop_h)
         if x1 <= x0 or y1 <= y0:
             return None
         gw, gh = -(-(x1 - x0) // s), -(-(y1 - y0) // s)
         # Grid point (i, j) sits at crop pixel (x0 + (i + .5) s - .5, ...), the centre convention of
         # cv2.resize, so upsampling by exactly ``s`` lands every value on its pixel.
         grid_pts = (tgt[:, :2] - (x0, y0) + 0.5) / s - 0.5
-        ids = mesh.rasterize_triangles(grid_pts, tris[draw], (gh, gw))
+        ids = mesh.rasterize_triangles(grid_pts, drawn, (gh, gw))
         inside = ids >= 0
         # One grid step of extrapolation past the mesh edge, so bilinear upsampling near the edge
         # mixes only real map values.
         grown = cv2.dilate(ids.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
         ids = np.where(inside, ids, grown)
-        aff = _triangle_affines(tgt, src_pts, tris[draw])
         # Row -1 (no triangle) maps far outside any image: every upsampled pixel that mixes it in then
         # samples nothing (remap's constant border) instead of a random source pixel.
-        aff = np.concatenate([aff, [[[0, 0, -1e6], [0, 0, -1e6]]]]).astype(np.float32)
+        aff = np.empty((len(draw) + 1, 6), np.float32)
+        aff[:-1] = _triangle_affines(tgt, src.corners[level][draw], drawn)
+        aff[-1] = (0, 0, -1e6, 0, 0, -1e6)
+        # One gather per coefficient (much faster than gathering (gh, gw, 2, 3) blocks).
+        a00, a01, a02, a10, a11, a12 = (np.take(np.ascontiguousarray(c), ids) for c in aff.T)
         gx = (x0 - 0.5 + s * (np.arange(gw, dtype=np.float32) + 0.5))[None, :]
         gy = (y0 - 0.5 + s * (np.arange(gh, dtype=np.float32) + 0.5))[:, None]
-        a = aff[ids]  # (gh, gw, 2, 3)
-        mx = a[..., 0, 0] * gx + a[..., 0, 1] * gy + a[..., 0, 2]
-        my = a[..., 1, 0] * gx + a[..., 1, 1] * gy + a[..., 1, 2]
+        mx = a00 * gx + a01 * gy + a02
+        my = a10 * gx + a11 * gy + a12
         lh, lw = src.levels[level].shape[:2]
         cov = inside & np.append(src.valid[draw], False)[ids]
         cov &= (mx >= -0.5) & (mx <= lw - 0.5) & (my >= -0.5) & (my <= lh - 0.5)
+        cov = cov.view(np.uint8).astype(np.float32)
         w, h = min(gw * s, crop_w - x0), min(gh * s, crop_h - y0)
         if s > 1:
             size = (gw * s, gh * s)
             mx = cv2.resize(mx, size, interpolation=cv2.INTER_LINEAR)
             my = cv2.resize(my, size, interpolation=cv2.INTER_LINEAR)
-            cov = cv2.resize(cov.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-        return WarpMap(x0, y0, mx[:h, :w], my[:h, :w], np.asarray(cov[:h, :w], np.float32), level)
+            cov = cv2.resize(cov, size, interpolation=cv2.INTER_LINEAR)
+        return WarpMap(x0, y0, mx[:h, :w], my[:h, :w], cov[:h, :w], level)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:

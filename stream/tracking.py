@@ -45,6 +45,7 @@ import numpy as np
 from stream.exceptions import InputError
 from stream.filters import OneEuroConfig, OneEuroFilter
 from stream.frames import Frame, TrackedFace
+from stream.landmark_flow import LandmarkFlow
 from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
 
 logger = logging.getLogger(__name__)
@@ -85,10 +86,17 @@ class TrackerConfig:
     ~50 px tall in 720p (~80 px without) at the cost of two more detector runs per scan (one per frame)."""
     match_iou: float = 0.3
     """Intersection-over-union above which a detection is taken to be an already tracked face."""
+    mesh_every: int = 6
+    """Run the mesh network on a tracked face at least every this many frames; in between its mesh is
+    carried by optical flow (:mod:`stream.landmark_flow`), and the network runs early whenever the flow
+    cannot be trusted (the head turns, the mouth or eyes move, fast motion, occlusion). 1 meshes every
+    frame."""
 
     def __post_init__(self) -> None:
         if self.max_faces < 1:
             raise InputError(f"max_faces must be >= 1; got {self.max_faces!r}")
+        if self.mesh_every < 1:
+            raise InputError(f"mesh_every must be >= 1 (frames); got {self.mesh_every!r}")
         if self.detect_every < 1:
             raise InputError(f"detect_every must be >= 1 (frames); got {self.detect_every!r}")
         for name in ("min_detection_confidence", "min_presence", "match_iou"):
@@ -472,6 +480,7 @@ class _Track:
     raw: np.ndarray  # last unsmoothed landmarks (stored pixels): the next ROI comes from these
     presence: float
     filter: OneEuroFilter | None
+    flow: LandmarkFlow = field(default_factory=LandmarkFlow)
     lost: bool = False
 
 
@@ -500,7 +509,12 @@ class FaceTracker:
         self._scan_key: tuple[int, int, int] | None = None  # (width, height, rotation) it was made for
         self._closed = False
         self.last_timings: dict[str, float] = {}
-        """Seconds spent in ``mesh``, ``detect`` and ``smooth`` during the last :meth:`track` call."""
+        """Seconds spent in ``mesh``, ``flow``, ``detect`` and ``smooth`` during the last :meth:`track`
+        call."""
+        self.counters: dict[str, int] = {}
+        """Running counts since construction: ``mesh`` (network runs on a tracked face), ``flow`` (faces
+        carried by optical flow), ``detect`` (detector runs) and ``remesh:<reason>`` (why the flow
+        handed a face back to the network early)."""
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -521,23 +535,38 @@ class FaceTracker:
         self._frame_count += 1
         self._since_scan += 1
         h, w = image.shape[:2]
-        timings = {"mesh": 0.0, "detect": 0.0, "smooth": 0.0}
+        timings = {"mesh": 0.0, "flow": 0.0, "detect": 0.0, "smooth": 0.0}
 
-        # 1. Follow tracks with their mesh alone.
+        # 1. Follow tracks: by optical flow between keyframes, else by their mesh.
         t0 = time.perf_counter()
-        if self._tracks:
-            results = self._mesh.run(image, [_roi_from_landmarks(tr.raw) for tr in self._tracks])
-            for tr, (pts, presence) in zip(self._tracks, results, strict=True):
+        to_mesh = []
+        for tr in self._tracks:
+            if tr.flow.ready and tr.flow.since_keyframe < cfg.mesh_every - 1:
+                pts = tr.flow.propagate(image)
+                if pts is not None:
+                    tr.raw = pts
+                    self._count("flow")
+                    continue
+                self._count(f"remesh:{tr.flow.last_reason}")
+            to_mesh.append(tr)
+        timings["flow"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if to_mesh:
+            results = self._mesh.run(image, [_roi_from_landmarks(tr.raw) for tr in to_mesh])
+            for tr, (pts, presence) in zip(to_mesh, results, strict=True):
+                self._count("mesh")
                 tr.presence = presence
                 tr.lost = pts is None or presence < cfg.min_presence or not self._big_enough(pts)
                 if not tr.lost:
                     tr.raw = pts
+                    self._keyframe(image, tr)
         timings["mesh"] += time.perf_counter() - t0
 
         # 2. Look for lost faces near where they were; end the tracks of those not found.
         for tr in [tr for tr in self._tracks if tr.lost]:
             t0 = time.perf_counter()
             detections = self._detector.detect_near(image, _bbox(tr.raw), rotation)
+            self._count("detect")
             timings["detect"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             self._revive(image, tr, detections)
@@ -557,6 +586,7 @@ class FaceTracker:
         if self._scan:
             t0 = time.perf_counter()
             detections = self._detector.detect_region(image, self._scan.pop(0), rotation)
+            self._count("detect")
             timings["detect"] += time.perf_counter() - t0
             if not self._scan:
                 self._since_scan = 0
@@ -625,6 +655,14 @@ class FaceTracker:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _keyframe(self, image: np.ndarray, track: _Track) -> None:
+        """The network just meshed ``track``: optical flow carries it from here."""
+        if self.config.mesh_every > 1:
+            track.flow.keyframe(image, track.raw)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("FaceTracker is closed")
@@ -677,6 +715,8 @@ class FaceTracker:
         if meshes and all(_iou(_bbox(meshes[0][0]), o) < self.config.match_iou for o in others):
             track.raw, track.presence = meshes[0]
             track.lost = False
+            track.flow.reset()  # it jumped: the old keyframe says nothing about this frame
+            self._keyframe(image, track)
             if track.filter is not None:
                 track.filter.reset()  # it jumped: do not drag the old position along
             logger.debug("track %d re-found", track.track_id)
@@ -694,6 +734,7 @@ class FaceTracker:
             tr = _Track(self._next_id, pts, presence,
                         OneEuroFilter(smoothing, norm_axis=-1) if smoothing is not None else None)
             self._next_id += 1
+            self._keyframe(image, tr)
             self._tracks.append(tr)
             logger.debug("track %d started", tr.track_id)
 

@@ -34,24 +34,26 @@ import numpy as np
 
 __all__ = ["CHECK_POINTS", "CROP_FACE_PX", "RIGID_POINTS", "FlowLimits", "LandmarkFlow"]
 
-CROP_FACE_PX = 96.0
-"""The face's height in the grey crop optical flow runs on (larger faces are shrunk to it)."""
+CROP_FACE_PX = 72.0
+"""Smallest face height in the grey crop optical flow runs on: larger faces are shrunk by the whole
+factor that keeps them between this and twice this."""
 
 RIGID_POINTS = np.array([
-    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # brows
-    33, 133, 362, 263, 130, 359, 243, 463,  # eye corners
-    168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 48, 278, 64, 294, 129, 358,  # nose
-    50, 280, 101, 330, 36, 266, 205, 425, 117, 346, 118, 347, 119, 348,  # cheeks
-    9, 151, 108, 337, 69, 299,  # forehead
+    70, 105, 107, 336, 334, 300,  # brows
+    33, 133, 362, 263,  # eye corners
+    168, 197, 4, 2, 98, 327, 129, 358,  # nose
+    50, 280, 205, 425, 117, 346,  # cheeks
+    9, 108, 337,  # forehead
 ])
-"""Mesh points that move with the skull: the similarity transform is fitted to these."""
+"""Mesh points that move with the skull: the affine motion is fitted to these."""
 
 CHECK_POINTS = np.array([
     61, 291, 0, 17, 13, 14, 37, 267, 84, 314, 40, 270, 91, 321, 78, 308,  # lips
     152, 148, 377, 176, 400, 199, 175,  # chin
     159, 145, 386, 374, 160, 144, 385, 380,  # eyelids
 ])
-"""Mesh points that move on their own (jaw, lips, lids): they only check that the rigid motion holds."""
+"""Mesh points that move on their own (jaw, lips, lids): they check that the rigid motion holds there,
+and carry what small non-rigid motion there is to the mesh points around them."""
 
 # Regions whose look is compared with the keyframe's (mouth, right eye, left eye): an opening mouth or a
 # closing eye changes their pixels even where no texture flows along with the landmarks.
@@ -63,9 +65,9 @@ _PATCH_PAD = 0.2  # patch margin around a region's points, in face heights
 
 _SPREAD = 0.1  # reach (Gaussian sigma, face heights) of a tracked point's residual motion
 _SPREAD_FLOOR = 0.05  # total weight below which a mesh point keeps the affine motion alone
-_LK_WIN = (15, 15)
+_LK_WIN = (11, 11)
 _LK_LEVELS = 2
-_LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
+_LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03)
 
 
 @dataclass(frozen=True)
@@ -77,24 +79,27 @@ class FlowLimits:
     min_good_fraction: float = 0.6
     """Fraction of the rigid points that must survive the forward-backward check."""
     max_rigid_residual: float = 0.012
-    """Median distance of the rigid points from the fitted similarity (out-of-plane turns show here)."""
+    """Mean distance of the rigid points from the fitted affine motion (out-of-plane turns show here)."""
     max_check_residual: float = 0.02
     """Distance from the rigid motion, averaged over the 3 worst lip/chin/lid points (mouth, blinks)."""
-    max_step: float = 0.25
-    """Largest motion of the face in one frame."""
-    max_patch_error: float = 12.0
-    """Median Lucas-Kanade patch error (mean absolute grey difference, 0-255) of the rigid points."""
+    min_check_fraction: float = 0.5
+    """Fraction of the lip/chin/lid points that must survive the forward-backward check."""
     min_patch_ncc: float = 0.95
     """Lowest normalised cross-correlation of the mouth and each eye with their look in the keyframe
     once the fitted motion is undone: an opening mouth or a blink changes these pixels even where no
     texture flows along with the landmarks (inner lips, teeth)."""
+    max_patch_error: float = 12.0
+    """Mean Lucas-Kanade patch error (mean absolute grey difference, 0-255) of the rigid points."""
+    max_step: float = 0.25
+    """Largest motion of the face in one frame."""
 
 
 def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares (2, 3) affine map of ``src`` (N, 2) onto ``dst``."""
-    a = np.c_[src, np.ones(len(src))]
-    sol, *_ = np.linalg.lstsq(a, dst, rcond=None)
-    return sol.T
+    """Least-squares (2, 3) affine map of ``src`` (N, 2) onto ``dst`` (centred normal equations)."""
+    ms, md = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - ms, dst - md
+    a = np.linalg.solve(s.T @ s + 1e-9 * np.eye(2), s.T @ d).T
+    return np.hstack([a, (md - a @ ms)[:, None]])
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -102,25 +107,28 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 class LandmarkFlow:
-    """Propagates one face's keyframe mesh to later frames by optical flow; see the module docstring."""
+    """Propagates one face's keyframe mesh to later frames by optical flow; see the module docstring.
+
+    Not thread-safe; one instance per tracked face.
+    """
 
     def __init__(self, limits: FlowLimits = FlowLimits()) -> None:
         self.limits = limits
         self._indices = np.concatenate([RIGID_POINTS, CHECK_POINTS])
         self._n_rigid = len(RIGID_POINTS)
         self._key: np.ndarray | None = None  # keyframe mesh (478, 3), stored pixels
-        self._key_xy: np.ndarray | None = None  # keyframe positions of the tracked points
-        self._pts: np.ndarray | None = None  # tracked points in the previous frame, stored pixels
-        self._grey: np.ndarray | None = None  # previous frame's grey crop
+        self._key_xy = np.zeros((len(self._indices), 2))  # keyframe positions of the tracked points
+        self._pts = self._key_xy  # tracked points in the previous frame, stored pixels
+        self._grey = np.zeros((8, 8), np.uint8)  # previous frame's grey crop
         self._origin = np.zeros(2)  # previous crop's top-left corner, stored pixels
+        self._key_origin = np.zeros(2)  # the keyframe crop's
         self._scale = 1.0  # crop pixels per stored pixel
+        self._box = (8, 8)  # crop size, stored pixels (fixed per keyframe)
+        self._height = 1.0  # keyframe face height, stored pixels
         self._velocity = np.zeros(2)  # last per-frame motion of the face centre
         self._centre = np.zeros(2)  # face centre in the previous frame
-        self._height = 1.0  # keyframe face height, stored pixels
-        self._box = (8, 8)  # crop size, stored pixels (fixed per keyframe)
-        self._key_origin = np.zeros(2)
-        self._patches: list[tuple[np.ndarray, np.ndarray]] = []
-        self.last_ncc = 1.0
+        self._weights = np.zeros((0, 0), np.float32)  # (478, tracked points) Gaussian weights
+        self._patches: list[tuple[np.ndarray, np.ndarray]] = []  # (corner in keyframe crop, grey patch)
         self.since_keyframe = 0
         """Frames propagated since the last keyframe."""
         self.last_reason = ""
@@ -133,7 +141,7 @@ class LandmarkFlow:
 
     def reset(self) -> None:
         """Forget the keyframe; :meth:`propagate` returns None until the next :meth:`keyframe`."""
-        self._key = self._key_xy = self._pts = self._grey = None
+        self._key = None
         self.since_keyframe = 0
 
     def keyframe(self, image: np.ndarray, landmarks: np.ndarray) -> None:
@@ -145,15 +153,19 @@ class LandmarkFlow:
         self._velocity = centre - self._centre if self._key is not None else np.zeros(2)
         self._key, self._key_xy, self._pts, self._centre = key, xy, xy.copy(), centre
         self._height = float(np.ptp(key[:, 1])) or 1.0
-        self._scale = min(1.0, CROP_FACE_PX / self._height)
+        # Shrink by a whole factor: the area filter's fast path, with no aliasing.
+        self._scale = 1.0 / max(1, int(self._height // CROP_FACE_PX))
         # Gaussian weights of the tracked points for each mesh point (see propagate).
-        d2 = ((key[:, None, :2] - xy[None, :, :]) ** 2).sum(-1) / (_SPREAD * self._height) ** 2
-        self._weights = np.exp(-0.5 * d2)
+        a = key[:, :2] / (_SPREAD * self._height)
+        b = (xy / (_SPREAD * self._height)).astype(np.float32)
+        # einsum, not @: its own loop, where BLAS would wake its thread pool for this small product
+        d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * np.einsum("ik,jk->ij", a, b)
+        self._weights = np.exp(np.minimum(-0.5 * d2, 0.0, out=d2), out=d2)
         # The crop: the tracked points' extent plus a margin for motion and the flow window.
-        extent = np.ptp(xy, axis=0)
+        extent = np.ptp(key[:, :2], axis=0)
         pad = 0.3 * self._height + _LK_WIN[0] / self._scale
         self._box = (int(extent[0] + 2 * pad), int(extent[1] + 2 * pad))
-        self._grey, self._origin = self._crop(image, key[:, :2], self._velocity)
+        self._grey, self._origin = self._crop(image, xy, self._velocity)
         self._key_origin = self._origin
         self._patches = []
         pad = _PATCH_PAD * self._height * self._scale
@@ -163,65 +175,69 @@ class LandmarkFlow:
             x0, y0 = np.maximum(np.floor(c.min(axis=0) - pad), 0).astype(int)
             x1, y1 = np.ceil(c.max(axis=0) + pad).astype(int)
             x1, y1 = min(x1, gw), min(y1, gh)
-            if x1 - x0 < 4 or y1 - y0 < 4:
-                continue
-            patch = self._grey[y0:y1, x0:x1].astype(np.float32)
-            self._patches.append((np.array([x0, y0], np.float64), patch - patch.mean()))
+            if x1 - x0 >= 4 and y1 - y0 >= 4:
+                self._patches.append((np.array([x0, y0], np.float64), self._grey[y0:y1, x0:x1].copy()))
         self.since_keyframe = 0
 
     def propagate(self, image: np.ndarray) -> np.ndarray | None:
-        """The keyframe mesh moved to ``image`` ((478, 3) float32), or None when it cannot be trusted."""
-        if self._key is None or self._pts is None or self._grey is None:
-            self.last_reason = "no keyframe"
-            return None
-        lim = self.limits
+        """The keyframe mesh moved to ``image`` ((478, 3) float32), or None when it cannot be trusted.
+
+        ``image`` is the next frame after the last :meth:`keyframe` or successful :meth:`propagate`
+        (RGB, stored pixels). After None, call :meth:`keyframe` before propagating again.
+        """
+        key = self._key
+        if key is None:
+            return self._fail("no keyframe")
+        lim, s, r, height = self.limits, self._scale, self._n_rigid, self._height
         grey, origin = self._crop(image, self._pts, self._velocity)
-        s = self._scale
         prev_c = self._to_crop(self._pts, self._origin)
-        guess = self._to_crop(self._pts + self._velocity, origin)
         nxt, status, err = cv2.calcOpticalFlowPyrLK(
-            self._grey, grey, prev_c, guess.copy(), winSize=_LK_WIN, maxLevel=_LK_LEVELS,
-            criteria=_LK_CRITERIA, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+            self._grey, grey, prev_c, self._to_crop(self._pts + self._velocity, origin), winSize=_LK_WIN,
+            maxLevel=_LK_LEVELS, criteria=_LK_CRITERIA, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
         back, status_b, _ = cv2.calcOpticalFlowPyrLK(
             grey, self._grey, nxt, prev_c.copy(), winSize=_LK_WIN, maxLevel=_LK_LEVELS,
             criteria=_LK_CRITERIA, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-        fb = np.linalg.norm(back - prev_c, axis=1) / (s * self._height)
-        good = (status[:, 0] == 1) & (status_b[:, 0] == 1) & (fb < lim.max_fb_error)
+        fb = back - prev_c
+        good = ((status[:, 0] & status_b[:, 0]) == 1) & (
+            (fb * fb).sum(axis=1) < (lim.max_fb_error * height * s) ** 2)
         cur = (nxt.astype(np.float64) + 0.5) / s - 0.5 + origin
-        r = self._n_rigid
         rigid_good = good[:r]
-        if rigid_good.mean() < lim.min_good_fraction:
+        n_good = int(rigid_good.sum())
+        if n_good < max(lim.min_good_fraction * r, 6):
             return self._fail("flow lost")
-        if float(np.median(err[:r][rigid_good])) > lim.max_patch_error:
+        if float(err[:r, 0][rigid_good].mean()) > lim.max_patch_error:
             return self._fail("appearance changed")
+        if good[r:].mean() < lim.min_check_fraction:
+            return self._fail("mouth or lids lost")
+
+        # Rigid motion: an affine fit, refitted once without its outliers.
         src, dst = self._key_xy[:r][rigid_good], cur[:r][rigid_good]
         m = _affine(src, dst)
-        res = np.linalg.norm(_apply(m, src) - dst, axis=1)
-        keep = res <= max(3.0 * float(np.median(res)), 0.005 * self._height)
-        if keep.sum() >= 6 and not keep.all():  # refit without the outliers
+        res = np.hypot(*(_apply(m, src) - dst).T)
+        keep = res <= max(3.0 * float(res.mean()), 0.005 * height)
+        if keep.sum() >= 6 and not keep.all():
             m = _affine(src[keep], dst[keep])
-            res = np.linalg.norm(_apply(m, src) - dst, axis=1)
-        if float(np.median(res)) > lim.max_rigid_residual * self._height:
+            res = np.hypot(*(_apply(m, src[keep]) - dst[keep]).T)
+        if float(res.mean()) > lim.max_rigid_residual * height:
             return self._fail("not rigid")
         predicted = _apply(m, self._key_xy)
-        check = np.linalg.norm(cur[r:] - predicted[r:], axis=1)[good[r:]]
-        if check.size and float(np.sort(check)[-3:].mean()) > lim.max_check_residual * self._height:
+        check = np.hypot(*(cur[r:] - predicted[r:]).T)[good[r:]]
+        if check.size >= 3 and float(np.sort(check)[-3:].mean()) > lim.max_check_residual * height:
             return self._fail("mouth or lids moved")
-        ncc = self._patch_similarity(grey, origin, m)
-        self.last_ncc = ncc
-        if ncc < lim.min_patch_ncc:
+        if self._patch_similarity(grey, origin, m) < lim.min_patch_ncc:
             return self._fail("mouth or eyes changed")
-        out = self._key.copy()
-        out[:, :2] = _apply(m, self._key[:, :2].astype(np.float64))
+
+        out = key.copy()
+        out[:, :2] = _apply(m, key[:, :2])
         # What the affine motion leaves (perspective, small non-rigid motion) is spread to each mesh
         # point from the well-tracked points near it; far from all of them it fades to nothing.
-        resid = np.where(good[:, None], cur - predicted, 0.0)
-        w = self._weights * good[None, :]
-        out[:, :2] += (w @ resid) / (w.sum(axis=1, keepdims=True) + _SPREAD_FLOOR)
+        w = self._weights * good
+        resid = (cur - predicted) * good[:, None]
+        out[:, :2] += np.einsum("ij,jk->ik", w, resid) / (w.sum(axis=1, keepdims=True) + _SPREAD_FLOOR)
         out[:, 2] *= float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-        centre = out[:, :2].mean(axis=0)
+        centre = out[:, :2].mean(axis=0).astype(np.float64)
         step = centre - self._centre
-        if float(np.hypot(*step)) > lim.max_step * self._height:
+        if float(np.hypot(*step)) > lim.max_step * height:
             return self._fail("fast motion")
         # Points that failed the check continue from where the rigid motion puts them.
         cur[~good] = predicted[~good]
@@ -240,13 +256,10 @@ class LandmarkFlow:
         t = s * (a @ (0.5 / s - 0.5 + self._key_origin) + m[:, 2] - origin + 0.5) - 0.5
         worst = 1.0
         for p0, ref in self._patches:
-            warp = np.c_[a, a @ p0 + t]
+            warp = np.hstack([a, (a @ p0 + t)[:, None]])
             cur = cv2.warpAffine(grey, warp, (ref.shape[1], ref.shape[0]),
                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-            cur = cur.astype(np.float32)
-            cur -= cur.mean()
-            den = float(np.sqrt((ref * ref).sum() * (cur * cur).sum()))
-            worst = min(worst, float((ref * cur).sum()) / den if den > 0 else 0.0)
+            worst = min(worst, float(cv2.matchTemplate(cur, ref, cv2.TM_CCOEFF_NORMED)[0, 0]))
         return worst
 
     def _fail(self, reason: str) -> None:

@@ -474,6 +474,21 @@ class _Detector:
 # --------------------------------------------------------------------------- the tracker
 
 
+_CHANGE_GRID = 48  # change-detection samples along the frame's short side
+_CHANGE_LEVEL = 24  # grey levels a sample must change by (well above compression noise)
+_CHANGE_SAMPLES = 3  # changed samples (outside tracked heads) that make a region worth detecting again
+_MAX_UNSEEN = 60  # frames after which a region is detected again anyway
+# Around a tracked face, what moves with it (in face widths to each side, face heights above and below).
+_BODY_SIDE, _BODY_ABOVE, _BODY_BELOW = 1.25, 0.75, 2.0
+
+
+@dataclass
+class _Seen:
+    samples: np.ndarray  # _samples() of the region when it was last detected
+    faces: list[tuple[float, float, float, float]]  # boxes of the faces tracked then
+    frame: int  # frame count then
+
+
 @dataclass
 class _Track:
     track_id: int
@@ -507,6 +522,7 @@ class FaceTracker:
         self._since_scan = 0
         self._scan: list[_Box] = []  # regions of the current scan still to detect
         self._scan_key: tuple[int, int, int] | None = None  # (width, height, rotation) it was made for
+        self._seen: dict[_Box, _Seen] = {}  # what each scan region looked like when last detected
         self._closed = False
         self.last_timings: dict[str, float] = {}
         """Seconds spent in ``mesh``, ``flow``, ``detect`` and ``smooth`` during the last :meth:`track`
@@ -572,27 +588,40 @@ class FaceTracker:
             self._revive(image, tr, detections)
             timings["mesh"] += time.perf_counter() - t0
         ended = [tr.track_id for tr in self._tracks if tr.lost]
-        if ended:
-            logger.debug("tracks %s ended", ended)
-        self._tracks = self._dedupe([tr for tr in self._tracks if not tr.lost])
+        kept = self._dedupe([tr for tr in self._tracks if not tr.lost])
+        if len(kept) < len(self._tracks):
+            if ended:
+                logger.debug("tracks %s ended", ended)
+            # Where a face was, or what was turned away for lack of room, must be looked at again.
+            self._seen.clear()
+        self._tracks = kept
 
         # 3. One region of a detection scan, for new faces.
         key = (w, h, rotation)
         if self._scan_key != key:
             self._scan, self._scan_key = [], key
+            self._seen.clear()
         room = cfg.max_faces - len(self._tracks)
         if not self._scan and room > 0 and (not self._tracks or self._since_scan >= cfg.detect_every):
             self._scan = self._detector.regions(w, h)
-        if self._scan:
+        scanning = bool(self._scan)
+        while self._scan:
+            box = self._scan.pop(0)
+            if not self._changed(image, box):
+                self._count("detect_skipped")  # the detector would see what it saw: try the next one
+                continue
             t0 = time.perf_counter()
-            detections = self._detector.detect_region(image, self._scan.pop(0), rotation)
-            self._count("detect")
+            detections = self._detector.detect_region(image, box, rotation)
             timings["detect"] += time.perf_counter() - t0
-            if not self._scan:
-                self._since_scan = 0
+            self._count("detect")
             t0 = time.perf_counter()
             self._add_new(image, detections)
             timings["mesh"] += time.perf_counter() - t0
+            self._seen[box] = _Seen(self._samples(image, box), [_bbox(tr.raw) for tr in self._tracks],
+                                    self._frame_count)
+            break
+        if scanning and not self._scan:
+            self._since_scan = 0
 
         # 4. Smooth and estimate pose.
         t0 = time.perf_counter()
@@ -637,6 +666,7 @@ class FaceTracker:
         self._frame_count = 0
         self._since_scan = 0
         self._scan = []
+        self._seen.clear()
 
     def close(self) -> None:
         """Release the MediaPipe graphs. Idempotent."""
@@ -654,6 +684,38 @@ class FaceTracker:
         self.close()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _samples(self, image: np.ndarray, box: _Box) -> np.ndarray:
+        """A sparse grid of green values over ``box``: enough to notice a face arriving."""
+        step = self._sample_step(image)
+        x0, y0, x1, y1 = box
+        return image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+
+    @staticmethod
+    def _sample_step(image: np.ndarray) -> int:
+        return max(2, min(image.shape[:2]) // _CHANGE_GRID)
+
+    def _changed(self, image: np.ndarray, box: _Box) -> bool:
+        """Whether ``box`` may hold a face the detector has not seen there yet.
+
+        The detector is deterministic: on the pixels it already saw (tracked faces, which may move,
+        left out) it would find the same faces again, all of them tracked or turned away. Any track
+        ending clears this memory (see :meth:`track`).
+        """
+        seen = self._seen.get(box)
+        if seen is None or self._frame_count - seen.frame >= _MAX_UNSEEN:
+            return True
+        changed = np.abs(self._samples(image, box) - seen.samples) > _CHANGE_LEVEL
+        step = self._sample_step(image)
+        for bx0, by0, bx1, by1 in seen.faces + [_bbox(tr.raw) for tr in self._tracks]:
+            # Head and shoulders move with the face: leave them out too.
+            pw, fh = _BODY_SIDE * (bx1 - bx0), by1 - by0
+            i0 = max(0, math.floor((by0 - _BODY_ABOVE * fh - box[1] - step // 2) / step) + 1)
+            i1 = max(0, math.floor((by1 + _BODY_BELOW * fh - box[1] - step // 2) / step) + 1)
+            j0 = max(0, math.floor((bx0 - pw - box[0] - step // 2) / step) + 1)
+            j1 = max(0, math.floor((bx1 + pw - box[0] - step // 2) / step) + 1)
+            changed[i0:i1, j0:j1] = False
+        return int(changed.sum()) >= _CHANGE_SAMPLES
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -2,12 +2,15 @@
 
 How a frame is processed (:meth:`FaceTracker.track`):
 
-1. **Mesh each live track.** The region of interest (ROI) for a face is a square around its previous
-   raw landmarks, rotated so the eyes are level (so tilted and display-rotated faces reach the network
-   upright), 1.5x the landmarks' extent. Only the axis-aligned box around that ROI is copied out of the
-   frame; MediaPipe's landmark network (``face_landmark_with_attention.tflite``, 478 points with irises)
-   runs on it through a small graph of MediaPipe calculators that also returns the network's
-   face-presence score. No whole-frame copy is made on these frames.
+1. **Follow each live track.** Every ``mesh_every`` frames (a *keyframe*) the face is meshed: the
+   region of interest (ROI) is a square around its previous raw landmarks, rotated so the eyes are
+   level (so tilted and display-rotated faces reach the network upright), 1.5x the landmarks' extent.
+   Only the axis-aligned box around that ROI is copied out of the frame; MediaPipe's landmark network
+   (``face_landmark_with_attention.tflite``, 478 points with irises) runs on it through a small graph
+   of MediaPipe calculators that also returns the network's face-presence score. Between keyframes
+   the keyframe mesh is carried by sparse optical flow on a small grey crop of the face
+   (:mod:`stream.landmark_flow`, about a quarter of a mesh run); whenever the flow cannot be trusted
+   (the head turns, the mouth or eyes change, fast motion, occlusion) the face is meshed at once.
 2. **Re-find lost faces.** A track whose presence score drops is looked for at once by the detector in
    a region around its last position; found, it keeps its id (its smoothing restarts), otherwise the
    track ends.
@@ -17,9 +20,12 @@ How a frame is processed (:meth:`FaceTracker.track`):
    frame is 9 pixels there, too small even for the full-range model, and is missed entirely by the
    short-range model that MediaPipe's ``FaceMesh`` uses. One region is detected per frame, so no frame
    pays for more than one detector run. A scan starts every ``detect_every`` frames while there is room
-   for more faces, and back to back while none is tracked. Detections over a tracked face are ignored;
-   the rest start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and
-   eyes and is refined once from the mesh.
+   for more faces, and back to back while none is tracked. A region whose pixels have not changed since
+   it was last detected (sampled on a sparse grid, tracked heads and shoulders left out) is skipped: the
+   detector would only find again what it found then. Any track ending, or :data:`_MAX_UNSEEN` frames
+   going by, makes every region count as changed. Detections over a tracked face are ignored; the rest
+   start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and eyes and
+   is refined once from the mesh.
 4. **Smooth** each track's landmarks with a One-Euro filter driven by the frame timestamps
    (:mod:`stream.filters`), and estimate **head pose** from the smoothed mesh (:mod:`stream.pose`).
 
@@ -505,8 +511,10 @@ class FaceTracker:
     Detection is spread over frames: a scan is a list of regions (the whole frame, then tiles) and one
     region is detected per frame, so no frame pays for more than one detector run (about 6 ms) on top
     of its meshes. A scan starts every ``detect_every`` frames while there is room for more faces, and
-    back to back while no face is tracked. A face whose mesh is lost is looked for at once in a region
-    around its last position; found, it keeps its id, otherwise its track ends.
+    back to back while no face is tracked; regions that have not changed since their last detection
+    are skipped. Faces are meshed every ``mesh_every`` frames and carried by optical flow in between.
+    A face whose mesh is lost is looked for at once in a region around its last position; found, it
+    keeps its id, otherwise its track ends.
 
     Holds MediaPipe graphs: call :meth:`close` (or use it as a context manager) when done. Not
     thread-safe: call it from one thread (``ProcessorTrack`` runs it on a single worker thread).
@@ -835,7 +843,9 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
     """Per-frame tracking time on a synthetic ``width`` x ``height`` video of one moving face.
 
     The face is scikit-image's astronaut (needs the ``demo`` extra). Returns milliseconds: median and
-    95th percentile of detection frames and of mesh-only (track) frames, and the overall mean.
+    95th percentile of detection frames and of the others (track: mesh or optical flow), and the
+    overall mean; and how often the tracker ran its detector (``detect_runs``), meshed a tracked face
+    (``mesh_runs``) or carried it by optical flow (``flow_frames``).
     """
     from skimage import data
 
@@ -859,9 +869,11 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
             tracker.track(img, timestamp=i / 30)
             dt = (time.perf_counter() - t0) * 1000
             (detect_ms if tracker.last_timings["detect"] > 0 else track_ms).append(dt)
+        counters = dict(tracker.counters)
     all_ms = detect_ms + track_ms
     result = {"frames": float(frames), "detect_frames": float(len(detect_ms)),
-              "mean_ms": float(np.mean(all_ms))}
+              "mean_ms": float(np.mean(all_ms)), "detect_runs": float(counters.get("detect", 0)),
+              "mesh_runs": float(counters.get("mesh", 0)), "flow_frames": float(counters.get("flow", 0))}
     for name, values in (("detect", detect_ms), ("track", track_ms)):
         if values:
             result[f"{name}_median_ms"] = float(np.median(values))

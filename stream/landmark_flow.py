@@ -135,6 +135,12 @@ class LandmarkFlow:
         """Why the last :meth:`propagate` returned None (empty after a success)."""
 
     @property
+    def trackable(self) -> bool:
+        """False when the last :meth:`propagate` failed because the points could not be followed at all
+        (rather than because the face turned, talked or moved fast): the image does not suit the flow."""
+        return self.last_reason not in ("flow lost", "appearance changed")
+
+    @property
     def ready(self) -> bool:
         """Whether there is a keyframe to propagate from."""
         return self._key is not None

@@ -502,6 +502,8 @@ class _Track:
     presence: float
     filter: OneEuroFilter | None
     flow: LandmarkFlow = field(default_factory=LandmarkFlow)
+    flow_fails: int = 0  # optical flow failures in a row
+    flow_wait: int = 0  # keyframes to mesh before trying the flow again
     lost: bool = False
 
 
@@ -569,9 +571,15 @@ class FaceTracker:
                 pts = tr.flow.propagate(image)
                 if pts is not None:
                     tr.raw = pts
+                    tr.flow_fails = 0
                     self._count("flow")
                     continue
                 self._count(f"remesh:{tr.flow.last_reason}")
+                if not tr.flow.trackable:
+                    # The flow itself keeps failing (flicker, blur, no texture): stop paying for it
+                    # for 1, 3, 7... frames, up to mesh_every.
+                    tr.flow_fails += 1
+                    tr.flow_wait = min(2 ** tr.flow_fails - 1, cfg.mesh_every)
             to_mesh.append(tr)
         timings["flow"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -729,8 +737,11 @@ class FaceTracker:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def _keyframe(self, image: np.ndarray, track: _Track) -> None:
-        """The network just meshed ``track``: optical flow carries it from here."""
-        if self.config.mesh_every > 1:
+        """The network just meshed ``track``: optical flow carries it from here (unless backing off)."""
+        if track.flow_wait > 0:
+            track.flow_wait -= 1
+            track.flow.reset()
+        elif self.config.mesh_every > 1:
             track.flow.keyframe(image, track.raw)
 
     def _check_open(self) -> None:

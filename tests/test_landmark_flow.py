@@ -150,3 +150,18 @@ def test_carried_mesh_jitters_less_on_a_still_noisy_face(hopper_face) -> None:
             seq = np.array([tracker.track(f, timestamp=i / 30)[0].landmarks for i, f in enumerate(frames)])
         jitter[k] = float(np.linalg.norm(np.diff(seq[3:, :468, :2], axis=0), axis=-1).mean())
     assert jitter[6] <= jitter[1], jitter
+
+
+def test_tracker_backs_off_the_flow_when_it_keeps_failing(hopper_face) -> None:
+    """Heavy blocky flicker breaks the flow on every frame: it is tried less and less often."""
+    img, _ = hopper_face
+    rng = np.random.default_rng(4)
+    h, w = img.shape[:2]
+    frames = []
+    for _ in range(24):
+        blocks = rng.integers(-50, 50, (h // 12 + 1, w // 12 + 1, 1)).repeat(12, 0).repeat(12, 1)[:h, :w]
+        frames.append(np.clip(img.astype(np.int16) + blocks, 0, 255).astype(np.uint8))
+    _, counters = _meshes(frames, 6)
+    failures = sum(v for k, v in counters.items() if k.startswith("remesh:"))
+    assert counters.get("flow", 0) <= 4, counters
+    assert 1 <= failures <= 6, counters  # 23 frames after the first: without backing off, ~23 tries

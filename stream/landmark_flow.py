@@ -27,6 +27,7 @@ hold for small and large faces alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -95,10 +96,19 @@ class FlowLimits:
 
 
 def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares (2, 3) affine map of ``src`` (N, 2) onto ``dst`` (centred normal equations)."""
+    """Least-squares (2, 3) affine map of ``src`` (N, 2) onto ``dst`` (centred normal equations).
+
+    The 2x2 system is solved in closed form: LAPACK would wake OpenBLAS's thread pool, whose workers
+    then spin for a while on every frame.
+    """
     ms, md = src.mean(axis=0), dst.mean(axis=0)
     s, d = src - ms, dst - md
-    a = np.linalg.solve(s.T @ s + 1e-9 * np.eye(2), s.T @ d).T
+    sxx, sxy, syy = float(s[:, 0] @ s[:, 0]), float(s[:, 0] @ s[:, 1]), float(s[:, 1] @ s[:, 1])
+    det = sxx * syy - sxy * sxy
+    if abs(det) < 1e-12:
+        return np.hstack([np.eye(2), (md - ms)[:, None]])
+    inv = np.array([[syy, -sxy], [-sxy, sxx]]) / det
+    a = (inv @ (s.T @ d)).T
     return np.hstack([a, (md - a @ ms)[:, None]])
 
 
@@ -164,8 +174,7 @@ class LandmarkFlow:
         # Gaussian weights of the tracked points for each mesh point (see propagate).
         a = key[:, :2] / (_SPREAD * self._height)
         b = (xy / (_SPREAD * self._height)).astype(np.float32)
-        # einsum, not @: its own loop, where BLAS would wake its thread pool for this small product
-        d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * np.einsum("ik,jk->ij", a, b)
+        d2 = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
         self._weights = np.exp(np.minimum(-0.5 * d2, 0.0, out=d2), out=d2)
         # The crop: the tracked points' extent plus a margin for motion and the flow window.
         extent = np.ptp(key[:, :2], axis=0)
@@ -238,9 +247,9 @@ class LandmarkFlow:
         # What the affine motion leaves (perspective, small non-rigid motion) is spread to each mesh
         # point from the well-tracked points near it; far from all of them it fades to nothing.
         w = self._weights * good
-        resid = (cur - predicted) * good[:, None]
-        out[:, :2] += np.einsum("ij,jk->ik", w, resid) / (w.sum(axis=1, keepdims=True) + _SPREAD_FLOOR)
-        out[:, 2] *= float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        resid = ((cur - predicted) * good[:, None]).astype(np.float32)
+        out[:, :2] += (w @ resid) / (w.sum(axis=1, keepdims=True) + _SPREAD_FLOOR)
+        out[:, 2] *= math.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]))
         centre = out[:, :2].mean(axis=0).astype(np.float64)
         step = centre - self._centre
         if float(np.hypot(*step)) > lim.max_step * height:

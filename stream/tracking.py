@@ -539,8 +539,8 @@ class FaceTracker:
         call."""
         self.counters: dict[str, int] = {}
         """Running counts since construction: ``mesh`` (network runs on a tracked face), ``flow`` (faces
-        carried by optical flow), ``detect`` (detector runs) and ``remesh:<reason>`` (why the flow
-        handed a face back to the network early)."""
+        carried by optical flow), ``detect`` (detector runs), ``detect_skipped`` (scan regions left out
+        as unchanged) and ``remesh:<reason>`` (why the flow handed a face back to the network early)."""
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -623,7 +623,7 @@ class FaceTracker:
         scanning = bool(self._scan)
         while self._scan:
             box = self._scan.pop(0)
-            if not self._changed(image, box):
+            if not self._changed(image, box, rotation):
                 self._count("detect_skipped")  # the detector would see what it saw: try the next one
                 continue
             t0 = time.perf_counter()
@@ -711,7 +711,7 @@ class FaceTracker:
     def _sample_step(image: np.ndarray) -> int:
         return max(2, min(image.shape[:2]) // _CHANGE_GRID)
 
-    def _changed(self, image: np.ndarray, box: _Box) -> bool:
+    def _changed(self, image: np.ndarray, box: _Box, rotation: int) -> bool:
         """Whether ``box`` may hold a face the detector has not seen there yet.
 
         The detector is deterministic: on the pixels it already saw (tracked faces, which may move,
@@ -725,11 +725,17 @@ class FaceTracker:
         step = self._sample_step(image)
         for bx0, by0, bx1, by1 in seen.faces + [_bbox(tr.raw) for tr in self._tracks]:
             # Head and shoulders move with the face: leave them out too.
-            pw, fh = _BODY_SIDE * (bx1 - bx0), by1 - by0
-            i0 = max(0, math.floor((by0 - _BODY_ABOVE * fh - box[1] - step // 2) / step) + 1)
-            i1 = max(0, math.floor((by1 + _BODY_BELOW * fh - box[1] - step // 2) / step) + 1)
-            j0 = max(0, math.floor((bx0 - pw - box[0] - step // 2) / step) + 1)
-            j1 = max(0, math.floor((bx1 + pw - box[0] - step // 2) / step) + 1)
+            fw, fh = bx1 - bx0, by1 - by0
+            if rotation:  # "below" is not down in stored pixels: reach as far every way
+                reach = max(_BODY_SIDE, _BODY_BELOW) * max(fw, fh)
+                left = right = up = down = reach
+            else:
+                left = right = _BODY_SIDE * fw
+                up, down = _BODY_ABOVE * fh, _BODY_BELOW * fh
+            i0 = max(0, math.floor((by0 - up - box[1] - step // 2) / step) + 1)
+            i1 = max(0, math.floor((by1 + down - box[1] - step // 2) / step) + 1)
+            j0 = max(0, math.floor((bx0 - left - box[0] - step // 2) / step) + 1)
+            j1 = max(0, math.floor((bx1 + right - box[0] - step // 2) / step) + 1)
             changed[i0:i1, j0:j1] = False
         return int(changed.sum()) >= _CHANGE_SAMPLES
 

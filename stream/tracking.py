@@ -2,12 +2,15 @@
 
 How a frame is processed (:meth:`FaceTracker.track`):
 
-1. **Mesh each live track.** The region of interest (ROI) for a face is a square around its previous
-   raw landmarks, rotated so the eyes are level (so tilted and display-rotated faces reach the network
-   upright), 1.5x the landmarks' extent. Only the axis-aligned box around that ROI is copied out of the
-   frame; MediaPipe's landmark network (``face_landmark_with_attention.tflite``, 478 points with irises)
-   runs on it through a small graph of MediaPipe calculators that also returns the network's
-   face-presence score. No whole-frame copy is made on these frames.
+1. **Follow each live track.** Every ``mesh_every`` frames (a *keyframe*) the face is meshed: the
+   region of interest (ROI) is a square around its previous raw landmarks, rotated so the eyes are
+   level (so tilted and display-rotated faces reach the network upright), 1.5x the landmarks' extent.
+   Only the axis-aligned box around that ROI is copied out of the frame; MediaPipe's landmark network
+   (``face_landmark_with_attention.tflite``, 478 points with irises) runs on it through a small graph
+   of MediaPipe calculators that also returns the network's face-presence score. Between keyframes
+   the keyframe mesh is carried by sparse optical flow on a small grey crop of the face
+   (:mod:`stream.landmark_flow`, about a quarter of a mesh run); whenever the flow cannot be trusted
+   (the head turns, the mouth or eyes change, fast motion, occlusion) the face is meshed at once.
 2. **Re-find lost faces.** A track whose presence score drops is looked for at once by the detector in
    a region around its last position; found, it keeps its id (its smoothing restarts), otherwise the
    track ends.
@@ -17,9 +20,12 @@ How a frame is processed (:meth:`FaceTracker.track`):
    frame is 9 pixels there, too small even for the full-range model, and is missed entirely by the
    short-range model that MediaPipe's ``FaceMesh`` uses. One region is detected per frame, so no frame
    pays for more than one detector run. A scan starts every ``detect_every`` frames while there is room
-   for more faces, and back to back while none is tracked. Detections over a tracked face are ignored;
-   the rest start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and
-   eyes and is refined once from the mesh.
+   for more faces, and back to back while none is tracked. A region whose pixels have not changed since
+   it was last detected (sampled on a sparse grid, tracked heads and shoulders left out) is skipped: the
+   detector would only find again what it found then. Any track ending, or :data:`_MAX_UNSEEN` frames
+   going by, makes every region count as changed. Detections over a tracked face are ignored; the rest
+   start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and eyes and
+   is refined once from the mesh.
 4. **Smooth** each track's landmarks with a One-Euro filter driven by the frame timestamps
    (:mod:`stream.filters`), and estimate **head pose** from the smoothed mesh (:mod:`stream.pose`).
 
@@ -45,6 +51,7 @@ import numpy as np
 from stream.exceptions import InputError
 from stream.filters import OneEuroConfig, OneEuroFilter
 from stream.frames import Frame, TrackedFace
+from stream.landmark_flow import LandmarkFlow
 from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
 
 logger = logging.getLogger(__name__)
@@ -85,10 +92,17 @@ class TrackerConfig:
     ~50 px tall in 720p (~80 px without) at the cost of two more detector runs per scan (one per frame)."""
     match_iou: float = 0.3
     """Intersection-over-union above which a detection is taken to be an already tracked face."""
+    mesh_every: int = 6
+    """Run the mesh network on a tracked face at least every this many frames; in between its mesh is
+    carried by optical flow (:mod:`stream.landmark_flow`), and the network runs early whenever the flow
+    cannot be trusted (the head turns, the mouth or eyes move, fast motion, occlusion). 1 meshes every
+    frame."""
 
     def __post_init__(self) -> None:
         if self.max_faces < 1:
             raise InputError(f"max_faces must be >= 1; got {self.max_faces!r}")
+        if self.mesh_every < 1:
+            raise InputError(f"mesh_every must be >= 1 (frames); got {self.mesh_every!r}")
         if self.detect_every < 1:
             raise InputError(f"detect_every must be >= 1 (frames); got {self.detect_every!r}")
         for name in ("min_detection_confidence", "min_presence", "match_iou"):
@@ -466,12 +480,30 @@ class _Detector:
 # --------------------------------------------------------------------------- the tracker
 
 
+_CHANGE_GRID = 48  # change-detection samples along the frame's short side
+_CHANGE_LEVEL = 24  # grey levels a sample must change by (well above compression noise)
+_CHANGE_SAMPLES = 3  # changed samples (outside tracked heads) that make a region worth detecting again
+_MAX_UNSEEN = 60  # frames after which a region is detected again anyway
+# Around a tracked face, what moves with it (in face widths to each side, face heights above and below).
+_BODY_SIDE, _BODY_ABOVE, _BODY_BELOW = 1.25, 0.75, 2.0
+
+
+@dataclass
+class _Seen:
+    samples: np.ndarray  # _samples() of the region when it was last detected
+    faces: list[tuple[float, float, float, float]]  # boxes of the faces tracked then
+    frame: int  # frame count then
+
+
 @dataclass
 class _Track:
     track_id: int
     raw: np.ndarray  # last unsmoothed landmarks (stored pixels): the next ROI comes from these
     presence: float
     filter: OneEuroFilter | None
+    flow: LandmarkFlow = field(default_factory=LandmarkFlow)
+    flow_fails: int = 0  # optical flow failures in a row
+    flow_wait: int = 0  # keyframes to mesh before trying the flow again
     lost: bool = False
 
 
@@ -481,8 +513,10 @@ class FaceTracker:
     Detection is spread over frames: a scan is a list of regions (the whole frame, then tiles) and one
     region is detected per frame, so no frame pays for more than one detector run (about 6 ms) on top
     of its meshes. A scan starts every ``detect_every`` frames while there is room for more faces, and
-    back to back while no face is tracked. A face whose mesh is lost is looked for at once in a region
-    around its last position; found, it keeps its id, otherwise its track ends.
+    back to back while no face is tracked; regions that have not changed since their last detection
+    are skipped. Faces are meshed every ``mesh_every`` frames and carried by optical flow in between.
+    A face whose mesh is lost is looked for at once in a region around its last position; found, it
+    keeps its id, otherwise its track ends.
 
     Holds MediaPipe graphs: call :meth:`close` (or use it as a context manager) when done. Not
     thread-safe: call it from one thread (``ProcessorTrack`` runs it on a single worker thread).
@@ -498,9 +532,15 @@ class FaceTracker:
         self._since_scan = 0
         self._scan: list[_Box] = []  # regions of the current scan still to detect
         self._scan_key: tuple[int, int, int] | None = None  # (width, height, rotation) it was made for
+        self._seen: dict[_Box, _Seen] = {}  # what each scan region looked like when last detected
         self._closed = False
         self.last_timings: dict[str, float] = {}
-        """Seconds spent in ``mesh``, ``detect`` and ``smooth`` during the last :meth:`track` call."""
+        """Seconds spent in ``mesh``, ``flow``, ``detect`` and ``smooth`` during the last :meth:`track`
+        call."""
+        self.counters: dict[str, int] = {}
+        """Running counts since construction: ``mesh`` (network runs on a tracked face), ``flow`` (faces
+        carried by optical flow), ``detect`` (detector runs), ``detect_skipped`` (scan regions left out
+        as unchanged) and ``remesh:<reason>`` (why the flow handed a face back to the network early)."""
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -521,48 +561,83 @@ class FaceTracker:
         self._frame_count += 1
         self._since_scan += 1
         h, w = image.shape[:2]
-        timings = {"mesh": 0.0, "detect": 0.0, "smooth": 0.0}
+        timings = {"mesh": 0.0, "flow": 0.0, "detect": 0.0, "smooth": 0.0}
 
-        # 1. Follow tracks with their mesh alone.
+        # 1. Follow tracks: by optical flow between keyframes, else by their mesh.
         t0 = time.perf_counter()
-        if self._tracks:
-            results = self._mesh.run(image, [_roi_from_landmarks(tr.raw) for tr in self._tracks])
-            for tr, (pts, presence) in zip(self._tracks, results, strict=True):
+        to_mesh = []
+        for tr in self._tracks:
+            if tr.flow.ready and tr.flow.since_keyframe < cfg.mesh_every - 1:
+                pts = tr.flow.propagate(image)
+                if pts is not None:
+                    tr.raw = pts
+                    tr.flow_fails = 0
+                    self._count("flow")
+                    continue
+                self._count(f"remesh:{tr.flow.last_reason}")
+                if not tr.flow.trackable:
+                    # The flow itself keeps failing (flicker, blur, no texture): stop paying for it
+                    # for 1, 3, 7... frames, up to mesh_every.
+                    tr.flow_fails += 1
+                    tr.flow_wait = min(2 ** tr.flow_fails - 1, cfg.mesh_every)
+            to_mesh.append(tr)
+        timings["flow"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if to_mesh:
+            results = self._mesh.run(image, [_roi_from_landmarks(tr.raw) for tr in to_mesh])
+            for tr, (pts, presence) in zip(to_mesh, results, strict=True):
+                self._count("mesh")
                 tr.presence = presence
                 tr.lost = pts is None or presence < cfg.min_presence or not self._big_enough(pts)
                 if not tr.lost:
                     tr.raw = pts
+                    self._keyframe(image, tr)
         timings["mesh"] += time.perf_counter() - t0
 
         # 2. Look for lost faces near where they were; end the tracks of those not found.
         for tr in [tr for tr in self._tracks if tr.lost]:
             t0 = time.perf_counter()
             detections = self._detector.detect_near(image, _bbox(tr.raw), rotation)
+            self._count("detect")
             timings["detect"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             self._revive(image, tr, detections)
             timings["mesh"] += time.perf_counter() - t0
         ended = [tr.track_id for tr in self._tracks if tr.lost]
-        if ended:
-            logger.debug("tracks %s ended", ended)
-        self._tracks = self._dedupe([tr for tr in self._tracks if not tr.lost])
+        kept = self._dedupe([tr for tr in self._tracks if not tr.lost])
+        if len(kept) < len(self._tracks):
+            if ended:
+                logger.debug("tracks %s ended", ended)
+            # Where a face was, or what was turned away for lack of room, must be looked at again.
+            self._seen.clear()
+        self._tracks = kept
 
         # 3. One region of a detection scan, for new faces.
         key = (w, h, rotation)
         if self._scan_key != key:
             self._scan, self._scan_key = [], key
+            self._seen.clear()
         room = cfg.max_faces - len(self._tracks)
         if not self._scan and room > 0 and (not self._tracks or self._since_scan >= cfg.detect_every):
             self._scan = self._detector.regions(w, h)
-        if self._scan:
+        scanning = bool(self._scan)
+        while self._scan:
+            box = self._scan.pop(0)
+            if not self._changed(image, box, rotation):
+                self._count("detect_skipped")  # the detector would see what it saw: try the next one
+                continue
             t0 = time.perf_counter()
-            detections = self._detector.detect_region(image, self._scan.pop(0), rotation)
+            detections = self._detector.detect_region(image, box, rotation)
             timings["detect"] += time.perf_counter() - t0
-            if not self._scan:
-                self._since_scan = 0
+            self._count("detect")
             t0 = time.perf_counter()
             self._add_new(image, detections)
             timings["mesh"] += time.perf_counter() - t0
+            self._seen[box] = _Seen(self._samples(image, box), [_bbox(tr.raw) for tr in self._tracks],
+                                    self._frame_count)
+            break
+        if scanning and not self._scan:
+            self._since_scan = 0
 
         # 4. Smooth and estimate pose.
         t0 = time.perf_counter()
@@ -607,6 +682,7 @@ class FaceTracker:
         self._frame_count = 0
         self._since_scan = 0
         self._scan = []
+        self._seen.clear()
 
     def close(self) -> None:
         """Release the MediaPipe graphs. Idempotent."""
@@ -624,6 +700,55 @@ class FaceTracker:
         self.close()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _samples(self, image: np.ndarray, box: _Box) -> np.ndarray:
+        """A sparse grid of green values over ``box``: enough to notice a face arriving."""
+        step = self._sample_step(image)
+        x0, y0, x1, y1 = box
+        return image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+
+    @staticmethod
+    def _sample_step(image: np.ndarray) -> int:
+        return max(2, min(image.shape[:2]) // _CHANGE_GRID)
+
+    def _changed(self, image: np.ndarray, box: _Box, rotation: int) -> bool:
+        """Whether ``box`` may hold a face the detector has not seen there yet.
+
+        The detector is deterministic: on the pixels it already saw (tracked faces, which may move,
+        left out) it would find the same faces again, all of them tracked or turned away. Any track
+        ending clears this memory (see :meth:`track`).
+        """
+        seen = self._seen.get(box)
+        if seen is None or self._frame_count - seen.frame >= _MAX_UNSEEN:
+            return True
+        changed = np.abs(self._samples(image, box) - seen.samples) > _CHANGE_LEVEL
+        step = self._sample_step(image)
+        for bx0, by0, bx1, by1 in seen.faces + [_bbox(tr.raw) for tr in self._tracks]:
+            # Head and shoulders move with the face: leave them out too.
+            fw, fh = bx1 - bx0, by1 - by0
+            if rotation:  # "below" is not down in stored pixels: reach as far every way
+                reach = max(_BODY_SIDE, _BODY_BELOW) * max(fw, fh)
+                left = right = up = down = reach
+            else:
+                left = right = _BODY_SIDE * fw
+                up, down = _BODY_ABOVE * fh, _BODY_BELOW * fh
+            i0 = max(0, math.floor((by0 - up - box[1] - step // 2) / step) + 1)
+            i1 = max(0, math.floor((by1 + down - box[1] - step // 2) / step) + 1)
+            j0 = max(0, math.floor((bx0 - left - box[0] - step // 2) / step) + 1)
+            j1 = max(0, math.floor((bx1 + right - box[0] - step // 2) / step) + 1)
+            changed[i0:i1, j0:j1] = False
+        return int(changed.sum()) >= _CHANGE_SAMPLES
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _keyframe(self, image: np.ndarray, track: _Track) -> None:
+        """The network just meshed ``track``: optical flow carries it from here (unless backing off)."""
+        if track.flow_wait > 0:
+            track.flow_wait -= 1
+            track.flow.reset()
+        elif self.config.mesh_every > 1:
+            track.flow.keyframe(image, track.raw)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -677,6 +802,8 @@ class FaceTracker:
         if meshes and all(_iou(_bbox(meshes[0][0]), o) < self.config.match_iou for o in others):
             track.raw, track.presence = meshes[0]
             track.lost = False
+            track.flow.reset()  # it jumped: the old keyframe says nothing about this frame
+            self._keyframe(image, track)
             if track.filter is not None:
                 track.filter.reset()  # it jumped: do not drag the old position along
             logger.debug("track %d re-found", track.track_id)
@@ -694,6 +821,7 @@ class FaceTracker:
             tr = _Track(self._next_id, pts, presence,
                         OneEuroFilter(smoothing, norm_axis=-1) if smoothing is not None else None)
             self._next_id += 1
+            self._keyframe(image, tr)
             self._tracks.append(tr)
             logger.debug("track %d started", tr.track_id)
 
@@ -732,7 +860,9 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
     """Per-frame tracking time on a synthetic ``width`` x ``height`` video of one moving face.
 
     The face is scikit-image's astronaut (needs the ``demo`` extra). Returns milliseconds: median and
-    95th percentile of detection frames and of mesh-only (track) frames, and the overall mean.
+    95th percentile of detection frames and of the others (track: mesh or optical flow), and the
+    overall mean; and how often the tracker ran its detector (``detect_runs``), meshed a tracked face
+    (``mesh_runs``) or carried it by optical flow (``flow_frames``).
     """
     from skimage import data
 
@@ -756,9 +886,11 @@ def benchmark_tracker(width: int = 1280, height: int = 720, frames: int = 60, *,
             tracker.track(img, timestamp=i / 30)
             dt = (time.perf_counter() - t0) * 1000
             (detect_ms if tracker.last_timings["detect"] > 0 else track_ms).append(dt)
+        counters = dict(tracker.counters)
     all_ms = detect_ms + track_ms
     result = {"frames": float(frames), "detect_frames": float(len(detect_ms)),
-              "mean_ms": float(np.mean(all_ms))}
+              "mean_ms": float(np.mean(all_ms)), "detect_runs": float(counters.get("detect", 0)),
+              "mesh_runs": float(counters.get("mesh", 0)), "flow_frames": float(counters.get("flow", 0))}
     for name, values in (("detect", detect_ms), ("track", track_ms)):
         if values:
             result[f"{name}_median_ms"] = float(np.median(values))

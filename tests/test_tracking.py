@@ -354,3 +354,54 @@ async def test_processor_track_tracks_a_decoded_video(tmp_path) -> None:
     assert xs[-1] - xs[0] == pytest.approx(35, abs=8)  # followed the face
     with pytest.raises(RuntimeError, match="closed"):  # on_close released the tracker
         tracker.track(_canvas(64, 64))
+
+
+# ------------------------------------------------------------------------------------- cadence
+
+
+def test_detector_skips_unchanged_regions_but_finds_a_face_that_arrives() -> None:
+    """A still, empty scene is detected once per region; a face that then appears is found at once."""
+    background = _canvas(1280, 720)
+    cv2.putText(background, "still scene", (200, 400), cv2.FONT_HERSHEY_SIMPLEX, 3, (200, 40, 40), 6)
+    face = Face("grace_hopper", 70)
+    with_face = background.copy()
+    face.paste(with_face, (1000.0, 200.0))
+    with FaceTracker() as tracker:
+        for i in range(12):
+            assert tracker.track(background, timestamp=i / 30) == []
+        regions = len(tracker._detector.regions(1280, 720))
+        assert tracker.counters["detect"] == regions  # each region once, then skipped
+        assert tracker.counters["detect_skipped"] > 0
+        found = [tracker.track(with_face, timestamp=(12 + i) / 30) for i in range(regions)]
+    assert len(found[-1]) == 1
+    assert np.linalg.norm(_centre(found[-1][0]) - (1000, 200)) < 0.15 * face.height
+
+
+def test_second_face_next_to_a_tracked_one_is_found_within_a_scan() -> None:
+    a, b = Face("astronaut", 90), Face("grace_hopper", 90)
+    alone = _canvas(640, 360)
+    a.paste(alone, (180.0, 180.0))
+    both = alone.copy()
+    b.paste(both, (470.0, 180.0))
+    cfg = TrackerConfig(detect_every=5)
+    with FaceTracker(cfg) as tracker:
+        for i in range(8):
+            assert len(tracker.track(alone, timestamp=i / 30)) == 1
+        counts = [len(tracker.track(both, timestamp=(8 + i) / 30)) for i in range(cfg.detect_every + 3)]
+    assert counts[-1] == 2, counts
+
+
+def test_mesh_every_one_meshes_every_frame_and_bad_values_are_refused() -> None:
+    face = Face("astronaut", 90)
+    frame = _canvas(320, 240)
+    face.paste(frame, (160.0, 120.0))
+    with FaceTracker(TrackerConfig(mesh_every=1)) as tracker:
+        for i in range(5):
+            tracker.track(frame, timestamp=i / 30)
+        assert tracker.counters["mesh"] == 4 and "flow" not in tracker.counters  # frame 0 meshes in _add_new
+    with FaceTracker(TrackerConfig(mesh_every=4)) as tracker:
+        for i in range(9):
+            tracker.track(frame, timestamp=i / 30)
+        assert tracker.counters["flow"] == 6 and tracker.counters["mesh"] == 2
+    with pytest.raises(InputError, match="mesh_every"):
+        TrackerConfig(mesh_every=0)

@@ -207,7 +207,25 @@ def _single(outputs: Sequence[np.ndarray], stage: str) -> np.ndarray:
 
 # --- stages -----------------------------------------------------------------------------------------
 
-class FsganReenactorV2:
+class _EngineStage:
+    """What every learned stage has: one engine, its crop resolution, a batch limit and a name."""
+
+    kind: ClassVar[StageKind]
+
+    def __init__(self, engine: Engine, *, resolution: int, max_batch: int | None, name: str) -> None:
+        self.engine = engine
+        self.resolution = resolution
+        self.max_batch = max_batch
+        self.name = name
+
+    def set_source(self, bank: SourceBank) -> None:
+        """Nothing per source (the reenactors override this)."""
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class FsganReenactorV2(_EngineStage):
     """FSGAN v2 reenactment: appearance map over the source poses, Gr per source frame, barycentric mix."""
 
     kind: ClassVar[StageKind] = "reenact"
@@ -215,12 +233,9 @@ class FsganReenactorV2:
     def __init__(self, engine: Engine, *, resolution: int = 256, crop_scale: float = 1.2,
                  min_radius: float = 2.0, max_batch: int | None = None,
                  name: str = "fsgan_reenact_v2") -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.resolution = resolution
+        super().__init__(engine, resolution=resolution, max_batch=max_batch, name=name)
         self.crop_scale = crop_scale
         self.min_radius = min_radius
-        self.name = name
         self._net_crop = _NetworkCrop(resolution, crop_scale)
         self._sources: dict[int, SourceCrop] = {}
         self._map: AppearanceMap | None = None
@@ -288,7 +303,7 @@ class FsganReenactorV2:
     def close(self) -> None:
         self._sources = {}
         self._map = None
-        self.engine.close()
+        super().close()
 
 
 def _affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -320,7 +335,7 @@ def interpolate_pose(source: np.ndarray, target: np.ndarray, alpha: float) -> np
     return result
 
 
-class FsganReenactorV1:
+class FsganReenactorV1(_EngineStage):
     """FSGAN v1 stepwise reenactment: Gr applied ``steps`` times along an interpolated head pose."""
 
     kind: ClassVar[StageKind] = "reenact"
@@ -329,12 +344,9 @@ class FsganReenactorV1:
                  max_batch: int | None = None, name: str = "fsgan_reenact_v1") -> None:
         if steps < 1:
             raise InputError(f"reenactment steps must be at least 1, got {steps}")
-        self.engine = engine
-        self.max_batch = max_batch
+        super().__init__(engine, resolution=resolution, max_batch=max_batch, name=name)
         self.steps = steps
-        self.resolution = resolution
         self.crop_scale = crop_scale
-        self.name = name
         self._net_crop = _NetworkCrop(resolution, crop_scale)
         self._faces: list[SourceFace] = []
         self._sources: dict[int, SourceCrop] = {}
@@ -396,10 +408,10 @@ class FsganReenactorV1:
     def close(self) -> None:
         self._faces = []
         self._sources = {}
-        self.engine.close()
+        super().close()
 
 
-class FsganSegmenter:
+class FsganSegmenter(_EngineStage):
     """FSGAN's S: the target's face region (soft-eroded) and, optionally, the reenacted face's."""
 
     kind: ClassVar[StageKind] = "segment"
@@ -407,17 +419,11 @@ class FsganSegmenter:
     def __init__(self, engine: Engine, *, resolution: int = 256, erosion_kernel: int = 21,
                  erosion_threshold: float = 0.6, remove_mouth: bool = False, segment_reenacted: bool = True,
                  max_batch: int | None = None, name: str = "fsgan_segment") -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.resolution = resolution
+        super().__init__(engine, resolution=resolution, max_batch=max_batch, name=name)
         self.erosion_kernel = erosion_kernel
         self.erosion_threshold = erosion_threshold
         self.remove_mouth = remove_mouth
         self.segment_reenacted = segment_reenacted
-        self.name = name
-
-    def set_source(self, bank: SourceBank) -> None:
-        pass
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         if not faces:
@@ -444,9 +450,6 @@ class FsganSegmenter:
                 reenacted_face = (labels[len(faces) + i] == FACE_CLASS).astype(np.float32)
                 w.coverage = reenacted_face if w.coverage is None else reenacted_face * w.coverage
 
-    def close(self) -> None:
-        self.engine.close()
-
 
 def _hard(w: FaceWork, stage: str) -> np.ndarray:
     if w.face_mask is None:
@@ -454,20 +457,14 @@ def _hard(w: FaceWork, stage: str) -> np.ndarray:
     return (w.face_mask >= 1.0).astype(np.float32)
 
 
-class FsganCompleter:
+class FsganCompleter(_EngineStage):
     """FSGAN's Gc: inpaints the target face region the reenacted face does not cover."""
 
     kind: ClassVar[StageKind] = "complete"
 
     def __init__(self, engine: Engine, *, resolution: int = 256, max_batch: int | None = None,
                  name: str = "fsgan_complete") -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.resolution = resolution
-        self.name = name
-
-    def set_source(self, bank: SourceBank) -> None:
-        pass
+        super().__init__(engine, resolution=resolution, max_batch=max_batch, name=name)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         if not faces:
@@ -486,24 +483,15 @@ class FsganCompleter:
         for w, img in zip(faces, from_network(out), strict=True):
             w.completed = img
 
-    def close(self) -> None:
-        self.engine.close()
 
-
-class FsganBlender:
+class FsganBlender(_EngineStage):
     """FSGAN's Gb: blends the completed face into the target crop; pasted with the soft face mask."""
 
     kind: ClassVar[StageKind] = "blend"
 
     def __init__(self, engine: Engine, *, resolution: int = 256, max_batch: int | None = None,
                  name: str = "fsgan_blend") -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.resolution = resolution
-        self.name = name
-
-    def set_source(self, bank: SourceBank) -> None:
-        pass
+        super().__init__(engine, resolution=resolution, max_batch=max_batch, name=name)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         if not faces:
@@ -525,5 +513,3 @@ class FsganBlender:
             w.output = np.round(img).astype(np.uint8)
             w.alpha = w.face_mask
 
-    def close(self) -> None:
-        self.engine.close()

@@ -149,7 +149,8 @@ class SinkStats:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (same path after symlinks, or a hard link)."""
     if a.resolve() == b.resolve():
         return True
     try:
@@ -225,7 +226,7 @@ class VideoFileSink:
 
     def _check_output_path(self) -> None:
         out, src = self.path, self.source.path
-        if _same_file(out, src):
+        if same_file(out, src):
             raise OutputError(f"output {out} is the input file; choose another output path")
         if out.is_dir():
             raise OutputError(f"output {out} is a directory; give a file name such as {out / 'out.mp4'}")

@@ -82,8 +82,10 @@ def check_paths(options: SwapOptions) -> None:
             raise InputNotFoundError(f"{label} not found: {path}")
         if path.is_dir():
             raise InputError(f"{label} is a directory, not a file: {path}")
+    from stream.sinks import same_file
+
     out = options.output
-    if out.resolve() == options.input.resolve():
+    if same_file(out, options.input):
         raise OutputError(f"OUTPUT is the same file as INPUT: {out}; choose another name")
     if not out.parent.resolve().is_dir():
         raise OutputError(f"OUTPUT directory does not exist: {out.parent}")

@@ -215,3 +215,16 @@ def test_output_equal_to_input_is_refused(media, tmp_path):
     assert r.returncode != 0 and "same file" in r.stderr and "Traceback" not in r.stderr
     assert sha256(clip) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]
+
+
+def test_output_hard_linked_to_input_is_refused(media, tmp_path):
+    import os
+
+    clip = tmp_path / "in.mp4"
+    clip.write_bytes(media["cfr"].read_bytes())
+    link = tmp_path / "link.mp4"
+    os.link(clip, link)
+    before = sha256(clip)
+    r = facestream("swap", "--source", media["source"], clip, "-o", link, "--no-progress")
+    assert r.returncode != 0 and "same file" in r.stderr and "Traceback" not in r.stderr
+    assert sha256(clip) == before

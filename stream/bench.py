@@ -24,7 +24,7 @@ async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> di
     from stream.sources import VideoFileSource
 
     source = VideoFileSource(input)
-    sink = VideoFileSink(output, source, settings=encode_settings(options), metadata={"synthetic": "false"})
+    sink = VideoFileSink(output, source, settings=encode_settings(options))
     stats = await run_pipeline(source, sink)
     return {"frames": stats.frames, "seconds": round(stats.wall_seconds, 4), "fps": round(stats.fps, 3),
             "ms_per_frame": stats.as_dict()["ms_per_frame"]}

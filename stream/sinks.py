@@ -331,8 +331,9 @@ class VideoFileSink:
 
     def _set_container_metadata(self, extra: Mapping[str, str]) -> None:
         meta = _kept_metadata(self.source.info.metadata)
-        meta.update({"synthetic": "true", "encoder_app": f"facestream {__version__}"})
         meta.update({str(k): str(v) for k, v in extra.items()})
+        # Applied last: no caller can unset the marks (outputs are always declared synthetic).
+        meta.update({"synthetic": "true", "encoder_app": f"facestream {__version__}"})
         if "comment" not in meta:
             mode = meta.get("facestream_mode")
             meta["comment"] = (f"Synthetic media: altered by facestream {__version__}"

@@ -227,6 +227,14 @@ async def test_an_input_comment_is_not_replaced(tmp_path: Path) -> None:
     assert _tags(out)["comment"] == "my words" and _tags(out)["synthetic"] == "true"
 
 
+async def test_neither_caller_nor_input_can_unset_the_synthetic_marks(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=3, metadata={"synthetic": "false", "encoder_app": "camera"})
+    out = tmp_path / "out.mp4"
+    await _run(clip.path, out, metadata={"synthetic": "no", "encoder_app": "something else"})
+    tags = _tags(out)
+    assert tags["synthetic"] == "true" and tags["encoder_app"] == f"facestream {__version__}"
+
+
 # -- safety ----------------------------------------------------------------------------------------
 
 

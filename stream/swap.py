@@ -7,6 +7,7 @@ build the source bank, then source -> tracking -> stage chain -> encoder, with a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import numpy as np
 from stream import __version__
 from stream.choices import BlendMode, FaceSelection
 from stream.exceptions import InputError, InputNotFoundError, NoFaceError, OutputError
-from stream.frames import Frame, SourceFace
+from stream.frames import Frame, SourceFace, TrackedFace
 from stream.pipeline import PipelineStats, run_pipeline
 from stream.stages.base import SourceBank, StageChain
 from stream.tracks import ProcessorTrack
@@ -119,7 +120,7 @@ def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
     return SourceBank(faces)
 
 
-def _crop_source(image: np.ndarray, face: Any, index: int) -> SourceFace:
+def _crop_source(image: np.ndarray, face: TrackedFace, index: int) -> SourceFace:
     """Keep only a generous box around the face so a long source video does not hold full frames."""
     x0, y0, x1, y1 = face.bbox
     w, h = x1 - x0, y1 - y0
@@ -214,17 +215,11 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     source = VideoFileSource(options.input)
     tracker = FaceTracker()
 
-    def track(frame: Frame) -> Frame:
-        t0 = time.perf_counter()
-        tracker(frame)
-        frame.timings["track"] = time.perf_counter() - t0
-        return frame
-
     def close_all() -> None:
         tracker.close()
         chain.close()
 
-    tracked = ProcessorTrack(source, track, name="track")
+    tracked = ProcessorTrack(source, tracker, name="track")  # the track times each call under its name
     workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
     swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
     sink = VideoFileSink(options.output, source, settings=encode_settings(options),
@@ -260,9 +255,8 @@ def build_report(options: SwapOptions, stats: PipelineStats, bank: SourceBank, s
         "setup_seconds": round(setup_seconds, 4),
     }
     report.update(stats.as_dict())
-    sink = stats.sink
-    if sink is not None and hasattr(sink, "__dataclass_fields__"):
-        report["sink"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(sink).items()}
+    if dataclasses.is_dataclass(stats.sink):
+        report["sink"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(stats.sink).items()}
     return report
 
 

@@ -164,7 +164,8 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
     out = tmp_path / "largest.mp4"
     r = facestream("swap", "--source", media["source"], media["cfr"], "-o", out, "--faces", "largest",
                    "--no-progress")
-    assert r.returncode == 0, r.stderr and out.exists()
+    assert r.returncode == 0, r.stderr
+    assert out.exists()
 
 
 # ---- bad input: one line, exit code != 0, no traceback, no output, input untouched ----

@@ -7,8 +7,10 @@ pipeline ``await``\\ s :meth:`Handoff.get`; an encoder thread calls :meth:`Hando
 pipeline ``await``\\ s :meth:`Handoff.put`. Blocked threads wait on a condition and blocked coroutines on
 a future that the other side resolves through ``loop.call_soon_threadsafe`` — nobody polls.
 
-Policies are those of :mod:`stream.queues`: ``block`` makes the producer wait while the handoff is full
-(files: back-pressure, nothing lost); ``keep_latest`` drops the oldest item and counts it (live).
+It is the one bounded queue of the pipeline, also between two coroutines (``ProcessorTrack``). Every
+queue has a named drop policy: ``block`` makes the producer wait while the handoff is full (files:
+back-pressure, nothing lost); ``keep_latest`` drops the oldest item and counts it (live: latency stays
+flat). The end of the stream is never dropped.
 
 The producer ends the stream with :meth:`Handoff.finish` (optionally with the error that ended it);
 the consumer sees the error (or :class:`~stream.exceptions.EndOfStream`) once the items are drained.

@@ -32,7 +32,8 @@ import numpy as np
 from stream.choices import FaceSelection
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFaceError, OutputError
 from stream.frames import Frame, SourceFace
-from stream.queues import FrameQueue
+from stream.handoff import Handoff
+from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -173,10 +174,9 @@ class CaptureSource(FrameTrack):
         self.policy = reconnect or ReconnectPolicy()
         self.extra_options = dict(options or {})
         self.stats = CaptureStats()
-        self._queue: FrameQueue[Frame] = FrameQueue(queue_size, "keep_latest")
+        self._queue: Handoff[Frame] = Handoff(queue_size, "keep_latest")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._t0: float | None = None
         self._stopped = False
         self._got_frames = False
@@ -271,7 +271,7 @@ class CaptureSource(FrameTrack):
 
     def _to_frame(self, vf: av.VideoFrame, now: float) -> Frame:
         t0 = time.perf_counter()
-        image = np.ascontiguousarray(vf.to_ndarray(format="rgb24"))
+        image = rgb_image(vf)
         if self._t0 is None:
             self._t0 = now
         frame = Frame(index=self.stats.frames, image=image, pts=round((now - self._t0) * 90000),
@@ -281,27 +281,18 @@ class CaptureSource(FrameTrack):
         return frame
 
     def _deliver(self, item: Frame | BaseException | None) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        """Hand a frame (never waits: keep-latest), the end (None) or an error to the loop side."""
+        if self._queue.finished or self._queue.closed:
             return
-        with contextlib.suppress(RuntimeError):  # the loop closed under us
-            loop.call_soon_threadsafe(self._put, item)
-
-    def _put(self, item: Frame | BaseException | None) -> None:
-        if self._queue.finished:
-            return
-        if item is None:
-            self._queue.finish()
-        elif isinstance(item, BaseException):
+        if item is None or isinstance(item, BaseException):
             self._queue.finish(item)
         else:
-            self._queue.put_nowait(item)
+            self._queue.put_sync(item)  # returns False once stop() closed the queue
 
     # -- loop side --
 
     async def recv(self) -> Frame:
         if self._thread is None and not self._stopped:
-            self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(target=self._run, name=f"facestream-capture-{self.kind}",
                                             daemon=True)
             self._thread.start()
@@ -312,7 +303,7 @@ class CaptureSource(FrameTrack):
             return
         self._stopped = True
         self._stop.set()
-        self._queue.finish()
+        self._queue.close()  # the capture thread's puts return False from now on; recv ends the stream
 
     async def aclose(self) -> None:
         """``stop()`` and wait for the decode thread (at most about ``read_timeout``)."""
@@ -410,7 +401,7 @@ class EncodedOutput:
         if self._container is None:
             self._open(frame)
         image = frame.image[: self._stream.height, : self._stream.width]
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        vf = yuv420_frame(image)
         pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
         pts = max(pts, self._last_pts + 1)
         self._last_pts = pts

@@ -4,7 +4,7 @@ Every source and every processing step is a :class:`FrameTrack`: ``await track.r
 :class:`~stream.frames.Frame` and raises :class:`~stream.exceptions.EndOfStream` after the last one;
 ``stop()`` may be called any number of times. A :class:`ProcessorTrack` pulls from its upstream in a
 worker task it owns, runs its function in an executor (never on the event loop) and hands results on
-through a bounded :class:`~stream.queues.FrameQueue`, so consecutive steps overlap across frames while
+through a bounded :class:`~stream.handoff.Handoff`, so consecutive steps overlap across frames while
 frames leave in order.
 """
 
@@ -22,7 +22,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from stream.choices import DropPolicy
 from stream.exceptions import EndOfStream, FacestreamError, StageError
 from stream.frames import Frame
-from stream.queues import FrameQueue
+from stream.handoff import Handoff
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ProcessorTrack(FrameTrack):
         self.workers = workers
         self.name = name
         self._fn = fn
-        self._queue: FrameQueue[Frame] = FrameQueue(queue_size, policy)
+        self._queue: Handoff[Frame] = Handoff(queue_size, policy)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix=f"facestream-{name}")
         self._on_close = on_close

@@ -24,8 +24,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from stream.exceptions import EndOfStream, FacestreamError, InputError
 from stream.frames import Frame
-from stream.queues import FrameQueue
+from stream.handoff import Handoff
 from stream.serving.metrics import LatencyWindow, RateMeter, ServingMetrics
+from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack, ProcessorTrack
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ ProcessorFactory = Callable[[np.ndarray], FrameProcessor]
 def video_frame_to_frame(vf: av.VideoFrame, index: int, capture_time: float) -> Frame:
     """A pipeline :class:`Frame` for a decoded ``vf`` (RGB copy; pts/time_base kept)."""
     t0 = time.perf_counter()
-    image = np.ascontiguousarray(vf.to_ndarray(format="rgb24"))
+    image = rgb_image(vf)
     frame = Frame(index=index, image=image, pts=vf.pts, time_base=vf.time_base, capture_time=capture_time,
                   source=vf)
     frame.timings["convert"] = time.perf_counter() - t0
@@ -63,7 +64,7 @@ def video_frame_to_frame(vf: av.VideoFrame, index: int, capture_time: float) -> 
 
 def frame_to_video_frame(frame: Frame) -> av.VideoFrame:
     """An ``av.VideoFrame`` of ``frame.image`` with the frame's own pts/time_base."""
-    vf = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+    vf = yuv420_frame(frame.image)
     vf.pts = frame.pts
     vf.time_base = frame.time_base if frame.time_base is not None else VIDEO_TIME_BASE
     return vf
@@ -80,7 +81,7 @@ class RemoteVideoSource(FrameTrack):
     def __init__(self, track: MediaStreamTrack, *, queue_size: int = 1,
                  executor: Executor | None = None) -> None:
         self.track = track
-        self._queue: FrameQueue[tuple[av.VideoFrame, float]] = FrameQueue(queue_size, "keep_latest")
+        self._queue: Handoff[tuple[av.VideoFrame, float]] = Handoff(queue_size, "keep_latest")
         self._executor = executor
         self._task: asyncio.Task[None] | None = None
         self._stopped = False

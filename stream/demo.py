@@ -30,6 +30,13 @@ def sample_faces() -> tuple[np.ndarray, Path]:
     return astronaut, hopper
 
 
+def sample_face_images() -> dict[str, np.ndarray]:
+    """RGB images of both portraits, by id: ``astronaut`` (512x512) and ``grace_hopper`` (600x512)."""
+    astronaut, hopper = sample_faces()
+    return {"astronaut": np.ascontiguousarray(astronaut),
+            "grace_hopper": cv2.cvtColor(cv2.imread(str(hopper), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)}
+
+
 def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.stack([90 + 60 * np.sin(x / 97.0), 110 + 50 * np.cos(y / 71.0), 140 + 40 * np.sin((x + y) / 150.0)],

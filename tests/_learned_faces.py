@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import cv2
 import numpy as np
 
 from stream.frames import HeadPose, SourceFace, TrackedFace
@@ -12,11 +11,10 @@ from stream.frames import HeadPose, SourceFace, TrackedFace
 
 def images() -> dict[str, np.ndarray]:
     """Public-domain faces that ship in dependencies, RGB uint8."""
-    import matplotlib.cbook
-    import skimage.data
+    from stream.demo import sample_face_images
 
-    hopper = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    return {"astronaut": skimage.data.astronaut(), "hopper": cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)}
+    faces = sample_face_images()
+    return {"astronaut": faces["astronaut"], "hopper": faces["grace_hopper"]}
 
 
 def mesh_of(fm, image: np.ndarray) -> np.ndarray:

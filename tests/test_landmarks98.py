@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from _learned_faces import images, mesh_of
 
 from stream.landmarks98 import (
     MESH_TO_WFLW,
@@ -17,22 +18,6 @@ from stream.landmarks98 import (
 )
 
 
-def _faces() -> dict[str, np.ndarray]:
-    import matplotlib.cbook
-    import skimage.data
-
-    hopper = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    return {"astronaut": skimage.data.astronaut(), "hopper": cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)}
-
-
-def _mesh(fm, image: np.ndarray) -> np.ndarray:
-    result = fm.process(image)
-    assert result.multi_face_landmarks, "MediaPipe found no face"
-    h, w = image.shape[:2]
-    marks = result.multi_face_landmarks[0].landmark
-    return np.array([[p.x * w, p.y * h, p.z * w] for p in marks], np.float32)
-
-
 @pytest.fixture(scope="module")
 def meshes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """name -> (image, mesh, mesh of the horizontally flipped image)."""
@@ -41,8 +26,8 @@ def meshes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     out = {}
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True)
     with mesh as fm:
-        for name, image in _faces().items():
-            out[name] = (image, _mesh(fm, image), _mesh(fm, np.ascontiguousarray(image[:, ::-1])))
+        for name, image in images().items():
+            out[name] = (image, mesh_of(fm, image), mesh_of(fm, np.ascontiguousarray(image[:, ::-1])))
     return out
 
 

@@ -95,23 +95,15 @@ def _thumbnail(image: np.ndarray, height: int = 96) -> bytes:
 
 def builtin_faces() -> list[tuple[str, str, np.ndarray]]:
     """``(id, name, image)`` of the public-domain portraits that ship inside optional dependencies."""
-    faces: list[tuple[str, str, np.ndarray]] = []
-    try:
-        from skimage import data as skdata
+    from stream.demo import sample_face_images
 
-        faces.append(("astronaut", "Astronaut (Eileen Collins)", np.ascontiguousarray(skdata.astronaut())))
-    except ImportError:
-        logger.debug("scikit-image missing: no built-in astronaut face")
     try:
-        from matplotlib import cbook
-
-        path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is not None:
-            faces.append(("grace_hopper", "Grace Hopper", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    except ImportError:
-        logger.debug("matplotlib missing: no built-in Grace Hopper face")
-    return faces
+        images = sample_face_images()
+    except InputError:
+        logger.debug("scikit-image/matplotlib missing: no built-in faces")
+        return []
+    names = {"astronaut": "Astronaut (Eileen Collins)", "grace_hopper": "Grace Hopper"}
+    return [(key, names[key], image) for key, image in images.items()]
 
 
 class FaceStore:

@@ -94,13 +94,11 @@ def _scenario(image: np.ndarray, landmarks: np.ndarray, face_px: float,
 
 def main(repeats: int = 20) -> dict[str, object]:
     """Benchmark Grace Hopper onto the astronaut: a ~250 px face, and a 720p frame with one face."""
-    from matplotlib import cbook
-    from skimage import data
+    from stream.demo import sample_face_images
 
     cv2.setNumThreads(1)  # one core, as the brief of the stages asks
-    target = np.ascontiguousarray(data.astronaut())
-    grace = cv2.cvtColor(cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))),
-                         cv2.COLOR_BGR2RGB)
+    faces = sample_face_images()
+    target, grace = faces["astronaut"], faces["grace_hopper"]
     pose = HeadPose(0.0, 0.0, 0.0, np.eye(3), np.zeros(3))
     source = SourceFace(grace, _detect(grace), pose)
     target_lm = _detect(target)

@@ -31,7 +31,7 @@ import numpy as np
 
 from stream.choices import FaceSelection
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFaceError, OutputError
-from stream.frames import Frame, SourceFace
+from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack
@@ -50,13 +50,12 @@ _V4L2 = re.compile(r"^/dev/video\d+$")
 def source_bank_from_image(image: np.ndarray) -> Any:
     """A :class:`~stream.stages.base.SourceBank` of the largest face in ``image`` (RGB uint8)."""
     from stream.stages.base import SourceBank
-    from stream.tracking import detect_faces
+    from stream.swap import largest_source_face
 
-    found = detect_faces(image, max_faces=4)
-    if not found:
+    face = largest_source_face(image)
+    if face is None:
         raise NoFaceError("no face found in the source image")
-    best = max(found, key=lambda f: f.area)
-    return SourceBank([SourceFace(image=image, landmarks=best.landmarks, pose=best.pose)])
+    return SourceBank([face])
 
 
 class SwapProcessor:

@@ -95,29 +95,37 @@ def check_paths(options: SwapOptions) -> None:
         raise OutputError(f"OUTPUT directory is not writable: {out.parent}")
 
 
+def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: int = 0,
+                        crop: bool = False) -> SourceFace | None:
+    """The largest face of ``image`` as a :class:`SourceFace` (None: no face). ``crop`` keeps only a box
+    around it, so that a bank of many video frames does not hold whole frames."""
+    from stream.tracking import detect_faces
+
+    found = detect_faces(image, max_faces=4, rotation=rotation)
+    if not found:
+        return None
+    best = max(found, key=lambda f: f.area)
+    if crop:
+        return _crop_source(image, best, frame_index)
+    return SourceFace(image=image, landmarks=best.landmarks, pose=best.pose, frame_index=frame_index)
+
+
 def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
     """Faces of the source person: the largest face of an image, or of frames sampled from a video."""
     from stream.sources import load_image, probe_video, read_video_frames
-    from stream.tracking import detect_faces
 
-    faces: list[SourceFace] = []
+    faces: list[SourceFace | None] = []
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = load_image(path)
-        found = detect_faces(image, max_faces=4)
-        if found:
-            best = max(found, key=lambda f: f.area)
-            faces.append(SourceFace(image=image, landmarks=best.landmarks, pose=best.pose))
+        faces.append(largest_source_face(load_image(path)))
     else:
         info = probe_video(path)
         step = max(1, (info.frames or max_frames) // max_frames)
-        for frame in read_video_frames(path, step=step, max_frames=max_frames):
-            found = detect_faces(frame.image, max_faces=4, rotation=frame.rotation)
-            if found:
-                best = max(found, key=lambda f: f.area)
-                faces.append(_crop_source(frame.image, best, frame.index))
-    if not faces:
+        faces.extend(largest_source_face(frame.image, rotation=frame.rotation, frame_index=frame.index, crop=True)
+                     for frame in read_video_frames(path, step=step, max_frames=max_frames))
+    found = [f for f in faces if f is not None]
+    if not found:
         raise NoFaceError(f"no face found in SOURCE: {path}")
-    return SourceBank(faces)
+    return SourceBank(found)
 
 
 def _crop_source(image: np.ndarray, face: TrackedFace, index: int) -> SourceFace:

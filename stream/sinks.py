@@ -92,6 +92,12 @@ def _split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarr
             flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
 
 
+def _plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A writable (height, width) uint8 view of one plane of a frame (its rows are ``line_size`` apart)."""
+    rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+    return rows[:plane.height, :plane.width]
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     """How the video stream is re-encoded.
@@ -419,8 +425,12 @@ class VideoFileSink:
                 or src.width % 2 or src.height % 2 or frame.image.shape[:2] != (src.height, src.width)):
             return None
         h, w = src.height, src.width
-        planes = src.to_ndarray()  # (h * 3/2, w): the Y, U and V planes back to back
-        y_plane, u_plane, v_plane = _split_420(planes, h, w)
+        # One copy of the decoded planes into a fresh frame (the decoder may still reference its own
+        # buffers), then the regions are written straight into that frame's planes.
+        vf = av.VideoFrame(w, h, self._pix_fmt)
+        y_plane, u_plane, v_plane = (_plane_view(d) for d in vf.planes)
+        for dst, plane in zip((y_plane, u_plane, v_plane), src.planes, strict=True):
+            dst[:] = _plane_view(plane)
         for x0, y0, x1, y1 in frame.dirty:
             # Chroma is shared by 2x2 pixels: widen the region to even bounds.
             x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
@@ -432,7 +442,6 @@ class VideoFileSink:
             y_plane[y0:y1, x0:x1] = ry
             u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
             v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
-        vf = av.VideoFrame.from_ndarray(planes, format=self._pix_fmt)
         vf.color_range = src.color_range
         vf.colorspace = src.colorspace
         return vf

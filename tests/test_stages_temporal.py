@@ -5,15 +5,17 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
-from stagefaces import astronaut, grace_hopper, source, tracked
+from stagefaces import astronaut, grace_hopper, source, tracked, work_for
 
 from stream.exceptions import InputError
 from stream.frames import Frame
 from stream.stages import SourceBank, default_chain
 from stream.stages.blend import MeshBlender
-from stream.stages.temporal import TrackMemo
+from stream.stages.reenact import MeshWarpReenactor
+from stream.stages.temporal import AffineMemo, TrackMemo, fit_affine
 
 
 def test_an_entry_serves_only_frames_near_the_one_that_computed_it() -> None:
@@ -173,3 +175,133 @@ def test_set_source_forgets_the_statistics() -> None:
     assert len(blender._colour) == 0
     blender.close()
     blender.close()
+
+
+# --- affine reuse: the warp's dense map and the Poisson correction ---------------------------------
+
+def _moved(image: np.ndarray, landmarks: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and its landmarks moved by the (2, 3) affine ``motion`` (z scaled with it)."""
+    out = cv2.warpAffine(image, motion, (image.shape[1], image.shape[0]), flags=cv2.INTER_CUBIC,
+                         borderMode=cv2.BORDER_REFLECT101)
+    lm = np.array(landmarks, np.float32)
+    lm[:, :2] = landmarks[:, :2] @ motion[:, :2].T + motion[:, 2]
+    lm[:, 2] *= float(np.sqrt(abs(np.linalg.det(motion[:, :2]))))
+    return out, lm
+
+
+def _motion(landmarks: np.ndarray, degrees: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    centre = landmarks[:, :2].mean(0)
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), degrees, scale)
+    m[:, 2] += shift
+    return m
+
+
+def test_fit_affine_recovers_the_map_and_measures_what_it_leaves() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 300, (478, 2))
+    m = np.array([[1.03, 0.05, 12.5], [-0.04, 0.98, -7.25]])
+    dst = pts @ m[:, :2].T + m[:, 2]
+    fit, residual = fit_affine(pts, dst)
+    assert np.allclose(fit, m, atol=1e-9) and residual.max() < 1e-9
+    dst[:10] += (2.0, 0.0)  # ten points move on their own
+    _, residual = fit_affine(pts, dst)
+    assert (residual[:10] > 1.5).all() and np.median(residual[10:]) < 0.1
+
+
+def test_affine_memo_serves_only_affine_images_of_the_landmarks() -> None:
+    _, lm = astronaut()
+    memo: AffineMemo[str] = AffineMemo(6, tolerance=0.3)
+    memo.put(1, 0, lm, "map")
+    m = _motion(lm, 4.0, 1.03, (9.5, -3.25))
+    moved = _moved(np.zeros((8, 8, 3), np.uint8), lm, m)[1]
+    hit = memo.get(1, 1, moved)
+    assert hit is not None and hit[0] == "map" and np.allclose(hit[1], m, atol=1e-3)
+    talking = moved.copy()
+    talking[[13, 14, 17, 0, 78, 308], 1] += 3.0  # lips apart: not an affine motion
+    assert memo.get(1, 2, talking) is None
+    assert memo.get(1, 3, _moved(np.zeros((8, 8, 3), np.uint8), lm, _motion(lm, 0, 1.2, (0, 0)))[1]) is None
+    assert memo.get(1, 6, moved) is None  # too old
+    assert memo.get(2, 1, moved) is None  # another track
+    assert memo.counters == {"computed": 4, "reused": 1}
+    assert AffineMemo(1).get(1, 0, lm) is None  # reuse 1: never
+
+
+def _full(wm: object, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A WarpMap's arrays placed into crop-sized arrays (uncovered: NaN map, 0 coverage)."""
+    mx, my, cov = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32), np.zeros(shape, np.float32)
+    h, w = wm.coverage.shape  # type: ignore[attr-defined]
+    y0, x0 = wm.y0, wm.x0  # type: ignore[attr-defined]
+    mx[y0:y0 + h, x0:x0 + w], my[y0:y0 + h, x0:x0 + w] = wm.map_x, wm.map_y  # type: ignore[attr-defined]
+    cov[y0:y0 + h, x0:x0 + w] = wm.coverage  # type: ignore[attr-defined]
+    return mx, my, cov
+
+
+def test_a_carried_warp_map_is_the_map_of_the_moved_face() -> None:
+    img, lm = astronaut()
+    src = source(*grace_hopper())
+    m = _motion(lm, 3.0, 1.02, (12.3, -7.6))
+    img1, lm1 = _moved(img, lm, m)
+    # step 1: exact maps, so what differs is the carrying alone (bilinear across the triangles' kinks).
+    carried = MeshWarpReenactor(step=1)
+    carried.set_source(SourceBank([src]))
+    first, second = work_for(img, lm, src), work_for(img1, lm1, src)
+    second.frame_index = 1
+    carried.process([first])
+    carried.process([second])
+    assert carried.maps.counters == {"computed": 1, "reused": 1}
+    built = MeshWarpReenactor(step=1, reuse=1)
+    built.set_source(SourceBank([src]))
+    fresh = work_for(img1, lm1, src)
+    built.process([fresh])
+    shape = fresh.image.shape[:2]
+    ax, ay, ac = _full(carried.dense_map(second), shape)  # carried again (frame 1 is stored as frame 0's)
+    bx, by, bc = _full(built.build_map(fresh), shape)
+    both = (ac >= 0.999) & (bc >= 0.999)
+    assert both.sum() > 0.3 * both.size
+    err = np.hypot(ax - bx, ay - by)[both]
+    # Bilinear across the kinks between triangles of very different stretch errs by a pixel or two at
+    # a few pixels (as the grid-upsampled map itself does); everywhere else it is exact.
+    assert np.median(err) < 0.05 and np.percentile(err, 99) < 0.5 and (err > 1).mean() < 0.005
+    # The source is sampled afresh, so the carried result is as sharp as a rebuilt one.
+    covered = (second.coverage >= 0.999) & (fresh.coverage >= 0.999)
+    diff = (second.reenacted - fresh.reenacted)[covered]
+    assert 10 * np.log10(255**2 / (diff**2).mean()) > 38
+
+    def sharpness(x: np.ndarray) -> float:
+        return float((cv2.Laplacian(cv2.cvtColor(x.astype(np.uint8), cv2.COLOR_RGB2GRAY), cv2.CV_32F)[
+            cv2.erode(covered.view(np.uint8), np.ones((5, 5), np.uint8)) > 0] ** 2).mean())
+
+    assert sharpness(second.reenacted) > 0.95 * sharpness(fresh.reenacted)
+
+
+def test_carried_maps_keep_a_tracked_clip_close_to_maps_built_every_frame() -> None:
+    from stream.demo import render_target_frames
+    from stream.tracking import FaceTracker
+
+    # A small face moving fast (the demo's motion in 40 frames): the hardest case for carrying.
+    frames = []
+    with FaceTracker() as tracker:
+        for i, image in enumerate(render_target_frames(640, 360, frames=40, empty_head=0, empty_tail=0)):
+            frame = Frame(index=i, image=image, faces=[])
+            tracker(frame)
+            frames.append(frame)
+    bank = SourceBank([source(*grace_hopper())])
+    outputs = {}
+    for reuse in (1, 6):
+        chain = default_chain()
+        chain.stages = (MeshWarpReenactor(reuse=reuse), *chain.stages[1:])
+        chain.set_source(bank)
+        copies = [Frame(index=f.index, image=f.image.copy(), faces=list(f.faces)) for f in frames]
+        for f in copies:
+            chain(f)
+        outputs[reuse] = [f.image.astype(np.float64) for f in copies]
+        counters = chain.stages[0].maps.counters  # type: ignore[attr-defined]
+        if reuse > 1:
+            assert counters["reused"] > counters["computed"]  # the clip moves affinely between meshes
+    psnr = []
+    for i, f in enumerate(frames):
+        assert f.faces
+        x0, y0, x1, y1 = (int(v) for v in f.faces[0].bbox)
+        d = ((outputs[1][i] - outputs[6][i])[y0:y1, x0:x1] ** 2).mean()
+        psnr.append(10 * np.log10(255**2 / max(d, 1e-9)))
+    assert np.median(psnr) > 38 and min(psnr) > 33

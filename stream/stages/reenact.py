@@ -32,6 +32,7 @@ from stream.choices import StageKind
 from stream.exceptions import InputError
 from stream.frames import FaceWork, SourceFace
 from stream.stages.base import SourceBank
+from stream.stages.temporal import AffineMemo, carry_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,18 @@ class MeshWarpReenactor:
             concentrate at the kinks between triangles of very different stretch).
         min_cos: source triangles seen more edge-on than this (cosine of the angle between the
             triangle's normal and the view direction, from the mesh's z) count as degenerate.
+        reuse: a track's dense map is carried to the next frames, through the affine motion of its
+            landmarks, for up to this many frames (1: rebuilt every frame) — see
+            :class:`~stream.stages.temporal.AffineMemo`. The source is still sampled afresh every
+            frame, so the result keeps its sharpness.
+        reuse_tolerance: largest landmark residual (pixels) of that affine motion.
         name: the stage's name in timings.
     """
 
     kind: ClassVar[StageKind] = "reenact"
 
     def __init__(self, *, margin: float = 0.1, step: int | None = None, min_cos: float = 0.05,
-                 name: str = "mesh_warp") -> None:
+                 reuse: int = 6, reuse_tolerance: float = 0.3, name: str = "mesh_warp") -> None:
         if step is not None and step < 1:
             raise InputError(f"step must be >= 1, got {step}")
         if not 0 <= margin <= 1:
@@ -122,11 +128,14 @@ class MeshWarpReenactor:
         self.min_cos = min_cos
         self._tris = mesh.extended_triangles()
         self._prepared: dict[int, tuple[SourceFace, PreparedSource]] = {}
+        # Per (track, source face): the map of a recent frame and its crop's origin in the frame.
+        self.maps: AffineMemo[tuple[tuple[int, int], WarpMap]] = AffineMemo(reuse, tolerance=reuse_tolerance)
 
     # -- per source -----------------------------------------------------------------------------
 
     def set_source(self, bank: SourceBank) -> None:
         self._prepared = {id(f): (f, self.prepare(f)) for f in bank.faces}
+        self.maps.clear()
 
     def prepare(self, face: SourceFace) -> PreparedSource:
         """Crop, pyramid and triangle usability of one source face."""
@@ -187,7 +196,48 @@ class MeshWarpReenactor:
         return self.step or int(np.clip(face_size // 100, 1, 4))
 
     def dense_map(self, work: FaceWork) -> WarpMap | None:
-        """The map from ``work``'s crop into its source; None when no target triangle is visible."""
+        """The map from ``work``'s crop into its source; None when no target triangle is visible.
+
+        Carried from a recent frame of the same track when the landmarks moved by an affine map
+        (``reuse``), else built from the meshes.
+        """
+        if not work.crop.is_region:
+            return self.build_map(work)
+        key = (work.target.track_id, id(work.source))
+        hit = self.maps.get(key, work.frame_index, work.target.landmarks)
+        if hit is not None:
+            (origin, old), motion = hit
+            return self._carry(old, origin, motion, work)
+        wm = self.build_map(work)
+        if wm is not None:
+            self.maps.put(key, work.frame_index, work.target.landmarks, (work.crop.origin, wm))
+        return wm
+
+    @staticmethod
+    def _carry(old: WarpMap, origin: tuple[int, int], motion: np.ndarray, work: FaceWork) -> WarpMap | None:
+        """``old`` (built for a crop at ``origin``) moved by ``motion`` (old frame -> this frame) into
+        ``work``'s crop: one affine resampling of each array, over the box the old map lands in."""
+        crop_w, crop_h = work.crop.size
+        oh, ow = old.coverage.shape
+        ox, oy = origin[0] + old.x0, origin[1] + old.y0  # the old map's top-left, old frame pixels
+        corners = np.array([[0, 0], [ow, 0], [0, oh], [ow, oh]], np.float64) + np.array([ox - 0.5, oy - 0.5])
+        moved = corners @ motion[:, :2].T + motion[:, 2] - work.crop.origin
+        x0, y0 = np.maximum(np.floor(moved.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(moved.max(0)).astype(int) + 1, (crop_w, crop_h))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        new_x, new_y = work.crop.origin[0] + x0, work.crop.origin[1] + y0
+        a = carry_matrix(motion, (ox, oy), (new_x, new_y))
+        size = (int(x1 - x0), int(y1 - y0))
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        # Outside the old map nothing is sampled (far outside the source) and nothing is covered.
+        mx = cv2.warpAffine(old.map_x, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=-1e6)
+        my = cv2.warpAffine(old.map_y, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=-1e6)
+        cov = cv2.warpAffine(old.coverage, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return WarpMap(int(x0), int(y0), mx, my, cov, old.level)
+
+    def build_map(self, work: FaceWork) -> WarpMap | None:
+        """The map from ``work``'s crop into its source, built from the two meshes."""
         src = self._lookup(work.source)
         tgt = mesh.extended_points(work.landmarks, self.margin)
         tris = self._tris
@@ -254,9 +304,10 @@ class MeshWarpReenactor:
                 src = self._lookup(work.source).levels[wm.level]
                 ph, pw = wm.coverage.shape
                 # Uncovered pixels hold no source (no folded or out-of-image samples leak on): send
-                # them outside the image, where remap's constant border writes 0.
-                np.copyto(wm.map_x, np.float32(-1e6), where=wm.coverage <= 0)
-                cv2.remap(src, wm.map_x, wm.map_y, cv2.INTER_LINEAR,
+                # them outside the image, where remap's constant border writes 0. (Into a copy: the
+                # map itself may be carried to later frames, where these pixels' neighbours need it.)
+                map_x = np.where(wm.coverage > 0, wm.map_x, np.float32(-1e6))
+                cv2.remap(src, map_x, wm.map_y, cv2.INTER_LINEAR,
                           dst=out[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw],
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                 coverage[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw] = wm.coverage
@@ -265,3 +316,4 @@ class MeshWarpReenactor:
 
     def close(self) -> None:
         self._prepared = {}
+        self.maps.clear()

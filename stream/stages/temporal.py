@@ -1,7 +1,9 @@
 """Per-track state that weight-free stages reuse across nearby frames.
 
 Some per-face quantities change slowly along a track — the colour statistics of the face, say — so a
-stage may compute them every few frames and reuse them in between. The chain runs several frames at
+stage may compute them every few frames and reuse them in between; others move with the face's
+landmarks — the warp's dense map — and are carried through the landmarks' affine motion
+(:class:`AffineMemo`). The chain runs several frames at
 once (``ProcessorTrack(workers=N)``), so frames of one track can reach a stage out of order and from
 several threads: :class:`TrackMemo` therefore reuses an entry only for frames within ``reuse`` frames
 of the one that computed it (before or after), lets only a newer frame replace it (or any frame after
@@ -15,6 +17,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
+
+import cv2
+import numpy as np
 
 from stream.exceptions import InputError
 
@@ -84,3 +89,96 @@ class TrackMemo(Generic[T]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares (2, 3) affine map taking points ``src`` (N, 2) onto ``dst``, and each point's residual.
+
+    Solved in closed form on centred points with element-wise numpy: LAPACK's ``lstsq`` would wake
+    OpenBLAS's thread pool, whose spinning threads cost more CPU than the fit itself.
+    """
+    n = len(src)
+    sm, dm = src.sum(0) / n, dst.sum(0) / n
+    sx, sy = src[:, 0] - sm[0], src[:, 1] - sm[1]
+    dx, dy = dst[:, 0] - dm[0], dst[:, 1] - dm[1]
+    cxx, cxy, cyy = float((sx * sx).sum()), float((sx * sy).sum()), float((sy * sy).sum())
+    det = cxx * cyy - cxy * cxy
+    m = np.zeros((2, 3))
+    if abs(det) > 1e-12 * max(cxx * cyy, 1e-300):
+        b = np.array([[(dx * sx).sum(), (dx * sy).sum()], [(dy * sx).sum(), (dy * sy).sum()]])
+        m[:, :2] = b @ (np.array([[cyy, -cxy], [-cxy, cxx]]) / det)
+    m[:, 2] = dm - m[:, :2] @ sm
+    rx = m[0, 0] * src[:, 0] + m[0, 1] * src[:, 1] + m[0, 2] - dst[:, 0]
+    ry = m[1, 0] * src[:, 0] + m[1, 1] * src[:, 1] + m[1, 2] - dst[:, 1]
+    return m, np.sqrt(rx * rx + ry * ry)
+
+
+class AffineMemo(Generic[T]):
+    """Per track, a value computed for one frame, reused while the face's landmarks only move by an
+    affine map.
+
+    Between two runs of the mesh network the tracker carries a face's mesh by an affine map (plus what
+    little non-rigid motion optical flow finds), so most frames' landmarks are an affine image of an
+    earlier frame's. Anything a stage derives from the landmarks alone — the warp's dense map, the
+    harmonic blend correction — then moves with that map, and carrying the stored value through it
+    (one ``cv2.warpAffine``) stands for recomputing it. :meth:`get` returns the value and the map only
+    when the affine fit explains every landmark to within ``tolerance`` pixels (99th percentile), the
+    scale changed by less than ``max_scale_change``, and the value is less than ``reuse`` frames old
+    (:class:`TrackMemo`'s rules, so any order of frames from several workers is safe).
+
+    Args:
+        reuse: an entry serves frames less than this many frames from the one that computed it
+            (1: never reused).
+        tolerance: largest landmark residual of the affine fit, pixels.
+        max_scale_change: relative change of scale (square root of the map's determinant) allowed.
+    """
+
+    def __init__(self, reuse: int, *, tolerance: float = 0.3, max_scale_change: float = 0.1) -> None:
+        if tolerance < 0:
+            raise InputError(f"reuse tolerance must be >= 0 pixels, got {tolerance}")
+        self.tolerance = tolerance
+        self.max_scale_change = max_scale_change
+        self._memo: TrackMemo[tuple[np.ndarray, T]] = TrackMemo(reuse)
+        self.counters = {"computed": 0, "reused": 0}
+        """How often :meth:`get` missed (the caller computed) and hit."""
+
+    @property
+    def enabled(self) -> bool:
+        return self._memo.reuse > 1
+
+    def get(self, key: Hashable, frame_index: int, landmarks: np.ndarray) -> tuple[T, np.ndarray] | None:
+        """``(value, M)`` with ``M`` the (2, 3) map from the stored frame's pixels to this frame's, or None.
+
+        ``landmarks``: (N, 2+) frame pixels of this frame's face, in the same layout as stored.
+        """
+        entry = self._memo.get(key, frame_index) if self.enabled else None
+        if entry is not None:
+            ref, value = entry
+            m, residual = fit_affine(ref, np.asarray(landmarks, np.float64)[:, :2])
+            k = int(0.99 * (len(residual) - 1))
+            scale = float(np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
+            if (float(np.partition(residual, k)[k]) <= self.tolerance
+                    and abs(scale - 1.0) <= self.max_scale_change):
+                self.counters["reused"] += 1
+                return value, m
+        self.counters["computed"] += 1
+        return None
+
+    def put(self, key: Hashable, frame_index: int, landmarks: np.ndarray, value: T) -> None:
+        """Store ``value`` computed for a frame whose face has ``landmarks`` (frame pixels)."""
+        if self.enabled:
+            self._memo.put(key, frame_index, (np.asarray(landmarks, np.float64)[:, :2].copy(), value))
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+
+def carry_matrix(motion: np.ndarray, old_origin: tuple[float, float],
+                 new_origin: tuple[float, float]) -> np.ndarray:
+    """(2, 3) map from a pixel of the new frame's array (origin ``new_origin`` in frame pixels) to where
+    it was in the old frame's array (origin ``old_origin``), for ``cv2.WARP_INVERSE_MAP``, given the
+    ``motion`` (2, 3) from old frame pixels to new ones."""
+    inv = cv2.invertAffineTransform(motion)
+    out = inv.copy()
+    out[:, 2] = inv[:, :2] @ np.asarray(new_origin, np.float64) + inv[:, 2] - np.asarray(old_origin, np.float64)
+    return out

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _learned_faces import meshes, source, tracked
 
+from engines.executor import CudaDevice
 from stream.exceptions import EndOfStream, StageError
 from stream.frames import Frame
 from stream.pipelined import FramePipeline, PipelinedTrack, Prepared
@@ -216,4 +218,25 @@ def test_frame_pipeline_runs_frames_in_order(models: Path, reference: list[np.nd
     for f, ref in zip(out, reference, strict=True):
         assert np.abs(f.image.astype(int) - ref.astype(int)).max() <= 1
     assert all("device_wait" in f.timings for f, face in zip(out, HAS_FACE, strict=True) if face)
+    chain.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_streams_run_the_chain(models: Path, reference: list[np.ndarray]) -> None:
+    """On a GPU: CudaDevice (pinned buffers, three streams, events) against the stage-by-stage chain on the
+    same GPU. Both run TF32 convolutions, whose input rounding the glue's round-off can flip: a looser
+    bound than on CPU."""
+    chain = chain_of(models)
+    assert chain.device.startswith("cuda")
+    device = chain.make_device()
+    assert isinstance(device, CudaDevice)
+    pipeline = FramePipeline(chain, device, depth=3)
+    out = list(pipeline.run(frames()))
+    pipeline.close()
+    assert [f.index for f in out] == list(range(len(HAS_FACE)))
+    for f, ref, face in zip(out, reference, HAS_FACE, strict=True):
+        assert f.modified == face
+        diff = np.abs(f.image.astype(int) - ref.astype(int))
+        assert diff.max() <= 4 and diff.mean() < 0.25
     chain.close()

@@ -329,8 +329,10 @@ class FsganReenactorV2(_EngineStage):
         x0 = np.empty((n, 101, r, r), np.float32)
         x1 = np.empty((n, 101, half, half), np.float32)
         # Heatmaps once per face, then copied next to each of its sources.
-        x0[:, 3:] = heatmaps_v2(inputs.points01, r)[inputs.face_index]
-        x1[:, 3:] = heatmaps_v2(inputs.points01, half)[inputs.face_index]
+        hm0, hm1 = heatmaps_v2(inputs.points01, r), heatmaps_v2(inputs.points01, half)
+        for k, fi in enumerate(inputs.face_index):
+            x0[k, 3:] = hm0[fi]
+            x1[k, 3:] = hm1[fi]
         x0[:, :3] = to_network(inputs.sources0)
         x1[:, :3] = to_network(inputs.sources1)
         out = _single(run_batched(self.engine, (x0, x1), self.max_batch), self.name)

@@ -149,7 +149,7 @@ class FsganV2DeviceChain:
         self.segmenter: FsganSegmenter = chain.stages[1]  # type: ignore[assignment]
         self.completer: FsganCompleter = chain.stages[2]  # type: ignore[assignment]
         self.blender: FsganBlender = chain.stages[3]  # type: ignore[assignment]
-        self.max_faces = max_faces or self.blender.max_batch or 4
+        self.max_faces = max_faces if max_faces is not None else (self.blender.max_batch or 4)
         if self.max_faces < 1:
             raise InputError(f"max_faces must be at least 1, got {self.max_faces}")
         self.max_batch = 3 * self.max_faces  # up to three sources per face

@@ -17,7 +17,9 @@ GPU.
 
 Each in-flight item owns a *slot* (a ring of ``depth`` slots holding its staging buffers), so at most
 ``depth`` items are in flight; ``submit`` blocks (by completing the oldest) when all slots are busy.
-The faces of one frame travel as one batch (:meth:`PipelinedExecutor.run_frames`).
+The faces of one frame travel as one batch (:meth:`PipelinedExecutor.run_frames`). With
+``ragged=True`` the inputs of one item may differ in batch size (a frame's faces next to its faces'
+source pairs); every output is returned with its own batch size.
 """
 
 from __future__ import annotations
@@ -278,6 +280,7 @@ class _Slot:
     host_outputs: list[HostBuffer] = field(default_factory=list)
     device_inputs: list[Any] = field(default_factory=list)
     device_outputs: list[Any] = field(default_factory=list)
+    output_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -292,7 +295,8 @@ class _Ticket:
         if self.done is None:
             return []
         self.done.wait()
-        return [buf.array[: self.rows].copy() for buf in self.slot.host_outputs]
+        slot = self.slot
+        return [buf.array[:rows].copy() for buf, rows in zip(slot.host_outputs, slot.output_rows, strict=True)]
 
 
 class PipelinedExecutor:
@@ -307,6 +311,8 @@ class PipelinedExecutor:
         max_batch: Largest batch (faces per frame); staging buffers are sized for it.
         static_outputs: ``compute`` returns the same buffers every call (CUDA graphs): the next
             compute then waits until the previous download has read them.
+        ragged: The inputs of one item may have different batch sizes (each at most ``max_batch``);
+            otherwise they must all have the same one.
     """
 
     def __init__(
@@ -317,6 +323,7 @@ class PipelinedExecutor:
         depth: int = 3,
         max_batch: int = 8,
         static_outputs: bool = False,
+        ragged: bool = False,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -325,6 +332,7 @@ class PipelinedExecutor:
         self.max_batch = max_batch
         self._compute = compute
         self._static_outputs = static_outputs
+        self._ragged = ragged
         self._upload = device.create_stream("upload")
         self._compute_stream = device.create_stream("compute")
         self._download = device.create_stream("download")
@@ -338,16 +346,18 @@ class PipelinedExecutor:
     # -- submission ------------------------------------------------------------------------------
 
     def submit(self, inputs: Sequence[np.ndarray]) -> int:
-        """Queue one batch (one array per network input, same batch size); returns its index.
+        """Queue one batch (one array per network input, same batch size unless ``ragged``); returns its
+        index.
 
         Blocks while ``depth`` items are in flight (completing the oldest into the ready queue).
         """
         if self._closed:
             raise RuntimeError("executor is closed")
-        rows = int(inputs[0].shape[0]) if inputs else 0
+        sizes = [int(x.shape[0]) for x in inputs]
+        rows = max(sizes, default=0)
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} exceeds max_batch={self.max_batch}")
-        if any(int(x.shape[0]) != rows for x in inputs):
+        if not self._ragged and any(size != rows for size in sizes):
             raise ValueError("all inputs of one batch must have the same batch size")
         while len(self._pending) >= self.depth:
             self._complete_oldest()
@@ -366,13 +376,15 @@ class PipelinedExecutor:
             slot.host_inputs = [
                 self.device.alloc_host((self.max_batch, *x.shape[1:]), x.dtype) for x in inputs
             ]
-        for buf, x in zip(slot.host_inputs, inputs, strict=True):
-            buf.array[:rows] = x
+        for buf, x, size in zip(slot.host_inputs, inputs, sizes, strict=True):
+            buf.array[:size] = x
 
         device = self.device
 
         def upload(stream: Stream) -> None:
-            slot.device_inputs = [device.upload(buf, rows, stream) for buf in slot.host_inputs]
+            slot.device_inputs = [
+                device.upload(buf, size, stream) for buf, size in zip(slot.host_inputs, sizes, strict=True)
+            ]
 
         def compute(stream: Stream) -> None:
             device.hand_over(slot.device_inputs, stream)
@@ -388,6 +400,7 @@ class PipelinedExecutor:
                 slot.host_outputs = [
                     device.alloc_host((self.max_batch, *o.shape[1:]), _np_dtype(o)) for o in outs
                 ]
+            slot.output_rows = [int(o.shape[0]) for o in outs]
             for value, buf in zip(outs, slot.host_outputs, strict=True):
                 device.download(value, buf, stream)
 

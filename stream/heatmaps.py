@@ -13,14 +13,21 @@ landmark, at that level's resolution (256 and 128 for the released networks):
   of ``2 * sqrt(2)`` px) inside a ``kernel x kernel`` window (13 at 256, 7 at 128), peak 1. The 128
   level takes the points halved.
 
-Both are written sparsely: only the window around each point is computed.
+Both are written sparsely: only the window around each point is computed. :func:`heatmaps_v2_torch`
+draws the v2 discs densely with torch on whatever device the points are on (every pixel outside a
+point's window is 0 either way), so a GPU builds the generator's input from 98 points per face rather
+than receiving 98 full-size planes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 V2_THRESHOLD = 0.8
 """Heatmap discs of v2: the value after the 8th power that maps to 0."""
@@ -81,6 +88,22 @@ def heatmaps_v2(points01: np.ndarray, size: int, out: np.ndarray | None = None) 
     v = np.maximum((v - V2_THRESHOLD) / (1 - V2_THRESHOLD), 0).astype(np.float32)
     _scatter(out, iy, ix, v)
     return out
+
+
+def heatmaps_v2_torch(points01: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`heatmaps_v2` with torch: ``(B, N, 2)`` normalised points -> ``(B, N, size, size)`` float32.
+
+    Computed densely in float32 on the points' device; agrees with :func:`heatmaps_v2` to ~1e-6.
+    """
+    import torch
+
+    p = points01.float()
+    centres = (torch.arange(size, device=p.device, dtype=torch.float32) + 0.5) / size
+    gx = centres - p[..., 0, None]  # (B, N, W)
+    gy = centres - p[..., 1, None]  # (B, N, H)
+    d = (gy[..., :, None].square() + gx[..., None, :].square()).sqrt_()  # (B, N, H, W)
+    v = d.mul_(-1.0 / math.sqrt(2)).add_(1.0).pow_(8)  # ((sqrt2 - d) / sqrt2) ** 8
+    return v.sub_(V2_THRESHOLD).div_(1 - V2_THRESHOLD).clamp_(min=0.0)
 
 
 def v1_kernel_size(size: int) -> int:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +26,10 @@ from stream.exceptions import InputError, InputNotFoundError, NoFaceError, Outpu
 from stream.frames import Frame, SourceFace, TrackedFace
 from stream.pipeline import PipelineStats, run_pipeline
 from stream.stages.base import SourceBank, StageChain
-from stream.tracks import ProcessorTrack
+from stream.tracks import FrameTrack, ProcessorTrack
+
+if TYPE_CHECKING:
+    from stream.stages.fsgan_device import FsganV2DeviceChain
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,10 @@ class SwapOptions:
     """Learned reenactment: ``v2`` (appearance map over source poses) or ``v1`` (stepwise, iterative)."""
     steps: int = 2
     """Reenactment steps of the v1 network (pose interpolated from source to target)."""
+    overlap: bool | None = None
+    """Run the learned v2 chain through the pipelined executor (host pre-step, one device op per frame,
+    host paste; upload, compute and download of consecutive frames overlapped). None: when its engines
+    are torch on CUDA. True also works on CPU (simulated streams); False: stage by stage."""
     blend: BlendMode | None = None
     """Blend mode of the weight-free chain (None: its default)."""
     crf: int | None = None
@@ -93,6 +100,10 @@ def check_paths(options: SwapOptions) -> None:
         raise OutputError(f"OUTPUT directory does not exist: {out.parent}")
     if not os.access(out.parent.resolve(), os.W_OK):
         raise OutputError(f"OUTPUT directory is not writable: {out.parent}")
+    if options.overlap and (options.models is None or options.fsgan_version != "v2"):
+        got = "no --models" if options.models is None else f"--fsgan-version {options.fsgan_version}"
+        raise InputError(f"--overlap runs the learned FSGAN v2 chain (--models fsgan:DIR, --fsgan-version v2); "
+                         f"got {got}")
 
 
 def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: int = 0,
@@ -159,6 +170,29 @@ def build_chain(options: SwapOptions) -> StageChain:
                          faces=options.faces, version=options.fsgan_version, steps=options.steps)
 
 
+def overlap_chain(options: SwapOptions, chain: StageChain) -> FsganV2DeviceChain | None:
+    """``chain`` cut for the pipelined executor when ``options.overlap`` asks for it (None: auto, i.e.
+    a learned v2 chain of torch engines on CUDA); None when it runs stage by stage.
+
+    Raises:
+        InputError: ``overlap=True`` but the chain cannot run that way (the message says why).
+    """
+    if options.overlap is False or options.models is None or options.fsgan_version != "v2":
+        return None  # check_paths has refused overlap=True for these
+    from stream.stages.fsgan_device import FsganV2DeviceChain, overlap_unsupported
+
+    reason = overlap_unsupported(chain)
+    if reason is not None:
+        if options.overlap:
+            raise InputError(f"--overlap: {reason}")
+        logger.info("learned chain runs stage by stage: %s", reason)
+        return None
+    split = FsganV2DeviceChain(chain)
+    if options.overlap is None and not split.device.startswith("cuda"):
+        return None
+    return split
+
+
 def output_metadata(options: SwapOptions) -> dict[str, str]:
     """Container tags that mark the output as synthetic (never removed, whatever the options)."""
     mode = "fsgan" if options.models else "weight-free"
@@ -220,16 +254,26 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     chain.set_source(bank)
     setup_seconds = time.perf_counter() - t_start
 
+    split = overlap_chain(options, chain)
     source = VideoFileSource(options.input)
     tracker = FaceTracker()
 
     def close_all() -> None:
         tracker.close()
-        chain.close()
+        if split is None:  # the pipelined track closes the chain itself, once its device work is done
+            chain.close()
 
     tracked = ProcessorTrack(source, tracker, name="track")  # the track times each call under its name
-    workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
-    swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
+    swapped: FrameTrack
+    piped = None
+    if split is not None:
+        from stream.pipelined import PipelinedTrack
+
+        logger.info("learned chain through the pipelined executor on %s", split.device)
+        swapped = piped = PipelinedTrack(tracked, split, split.make_device, name="swap", on_close=split.close)
+    else:
+        workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
+        swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
     sink = VideoFileSink(options.output, source, settings=encode_settings(options),
                          metadata=output_metadata(options))
     progress = Progress(info.frames, options.progress)
@@ -243,7 +287,10 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
         stats: PipelineStats = await run_pipeline(swapped, sink, on_frame=per_frame, stop=close_all)
     finally:
         progress.done()
+        if piped is not None:
+            await piped.aclose()  # nothing left running on the device when the job returns
     report = build_report(options, stats, bank, setup_seconds, truncated=bool(getattr(source, "truncated", False)))
+    report["overlap"] = split is not None
     if options.report is not None:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
     return report

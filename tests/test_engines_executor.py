@@ -134,6 +134,33 @@ def test_faces_of_a_frame_run_as_one_batch() -> None:
     assert [float(face[0][0, 0]) for face in out[2]] == [102.0, 103.0, 104.0]
 
 
+def test_ragged_batches_keep_each_inputs_and_outputs_own_size() -> None:
+    """A frame's faces next to its (face, source) pairs: inputs differ in batch size; so may outputs."""
+
+    def compute(inputs: Sequence[np.ndarray], stream: Any) -> list[np.ndarray]:
+        faces, pairs, owner = inputs
+        mixed = np.zeros_like(faces)
+        np.add.at(mixed, owner, pairs)
+        return [mixed, pairs[:1] * 0 + len(pairs)]
+
+    items = [
+        [np.ones((2, 3), np.float32), np.arange(15, dtype=np.float32).reshape(5, 3), np.array([0, 0, 0, 1, 1])],
+        [np.ones((1, 3), np.float32), np.full((3, 3), 2, np.float32), np.array([0, 0, 0])],
+    ]
+    with PipelinedExecutor(CPUDevice(), compute, depth=2, max_batch=6, ragged=True) as executor:
+        out = list(executor.run(items))
+    assert [o[0].shape for o in out] == [(2, 3), (1, 3)] and [o[1].shape for o in out] == [(1, 3), (1, 3)]
+    np.testing.assert_array_equal(out[0][0], [[9, 12, 15], [21, 23, 25]])
+    np.testing.assert_array_equal(out[1][0], [[6, 6, 6]])
+    assert out[0][1][0, 0] == 5 and out[1][1][0, 0] == 3
+    with PipelinedExecutor(CPUDevice(), compute, depth=2, max_batch=6) as executor, \
+            pytest.raises(ValueError, match="same batch size"):
+        executor.submit(items[0])
+    with PipelinedExecutor(CPUDevice(), compute, depth=2, max_batch=4, ragged=True) as executor, \
+            pytest.raises(ValueError, match="max_batch=4"):
+        executor.submit(items[0])
+
+
 def test_batch_helpers_round_trip() -> None:
     faces = [(np.zeros((3, 2)), np.ones(4)), (np.ones((3, 2)), np.zeros(4))]
     batched = batch_faces(faces)

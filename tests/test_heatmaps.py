@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stream.heatmaps import heatmaps_v1, heatmaps_v2, normalize_points, pyramid_heatmaps
+from stream.heatmaps import heatmaps_v1, heatmaps_v2, heatmaps_v2_torch, normalize_points, pyramid_heatmaps
 
 
 def _dense_v2(p01: np.ndarray, size: int) -> np.ndarray:
@@ -26,6 +26,18 @@ def test_v2_matches_the_disc_formula_everywhere() -> None:
     for b in range(2):
         for n in range(5):
             np.testing.assert_allclose(hm[b, n], _dense_v2(pts[b, n], 64), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [256, 128])
+def test_v2_torch_matches_the_numpy_drawing(size: int) -> None:
+    """Dense float32 (torch) vs windowed float64 (NumPy): equal to float32 round-off, zero off the discs."""
+    import torch
+
+    pts = np.random.default_rng(2).uniform(-0.1, 1.1, (3, 98, 2)).astype(np.float32)
+    ref = heatmaps_v2(pts, size)
+    hm = heatmaps_v2_torch(torch.from_numpy(pts), size)
+    assert hm.dtype == torch.float32 and hm.shape == ref.shape
+    np.testing.assert_allclose(hm.numpy(), ref, atol=5e-6)
 
 
 @pytest.mark.parametrize("size", [256, 128])

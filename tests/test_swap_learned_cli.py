@@ -27,6 +27,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize(("backend", "extra"), [
     ("torch", []),
     ("torch", ["--fsgan-version", "v1", "--steps", "3"]),
+    ("torch", ["--overlap"]),  # the pipelined executor, on CPU with simulated streams
     pytest.param("onnxruntime", [], marks=pytest.mark.slow),
 ])
 def test_learned_chain_through_the_cli(setup, tmp_path, backend, extra):
@@ -36,6 +37,7 @@ def test_learned_chain_through_the_cli(setup, tmp_path, backend, extra):
     assert r.returncode == 0, r.stderr
     rep = json.loads(report.read_text())
     assert rep["mode"] == "fsgan" and rep["frames_modified"] >= 4
+    assert rep["overlap"] == ("--overlap" in extra)  # on CPU the default is stage by stage
     frames_in, pts_in = read_frames(setup["clip"])
     frames_out, pts_out = read_frames(out)
     assert pts_out == pts_in
@@ -43,6 +45,15 @@ def test_learned_chain_through_the_cli(setup, tmp_path, backend, extra):
     assert psnr(frames_in[0], frames_out[0]) >= 38
     changed = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(frames_in, frames_out, strict=True)]
     assert max(changed[2:7]) > 3 * max(changed[0], 0.5)
+
+
+@pytest.mark.parametrize("extra", [[], ["--models", "fsgan:{models}", "--fsgan-version", "v1"]])
+def test_overlap_needs_the_learned_v2_chain(setup, tmp_path, extra):
+    out = tmp_path / "out.mp4"
+    args = [a.format(models=setup["models"]) for a in extra]
+    r = facestream("swap", "--source", setup["source"], setup["clip"], "-o", out, "--overlap", "--no-progress", *args)
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1 and "--overlap" in r.stderr
+    assert "v2" in r.stderr and not out.exists()
 
 
 def test_missing_models_directory_is_one_line(setup, tmp_path):

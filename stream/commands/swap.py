@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fsgan-version", choices=("v2", "v1"), default="v2",
                    help="learned reenactment: v2 (appearance map) or v1 (stepwise iterative)")
     p.add_argument("--steps", type=int, default=2, help="reenactment steps of --fsgan-version v1")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the learned v2 chain through the pipelined executor: frames overlap on separate "
+                        "upload/compute/download streams (default: on for torch on CUDA)")
     p.add_argument("--blend", choices=BLEND_MODES, default=None, help="blending of the weight-free chain")
     p.add_argument("--codec", default=None, help="output video codec (default libx264)")
     p.add_argument("--crf", type=int, default=None, help="encoder quality, lower is better (default 17)")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     options = SwapOptions(
         source=args.source, input=args.input, output=args.output, faces=args.faces, models=args.models,
         backend=args.backend, precision=args.precision, fsgan_version=args.fsgan_version, steps=args.steps,
-        blend=args.blend, codec=args.codec, crf=args.crf, preset=args.preset,
+        overlap=args.overlap, blend=args.blend, codec=args.codec, crf=args.crf, preset=args.preset,
         progress=not args.no_progress, report=args.report,
     )
     report = run_swap(options)

@@ -143,6 +143,11 @@ class StageChain:
             t0 = time.perf_counter()
             stage.process(work)
             frame.timings[stage.name] = frame.timings.get(stage.name, 0.0) + time.perf_counter() - t0
+        return self.paste(frame, work)
+
+    @staticmethod
+    def paste(frame: Frame, work: Sequence[FaceWork]) -> Frame:
+        """Paste every face's ``output`` into ``frame`` with its ``alpha``; marks what changed."""
         t0 = time.perf_counter()
         for w in work:
             if w.output is None or w.alpha is None:

@@ -68,6 +68,11 @@ def from_network(x: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(x, np.float32).transpose(0, 2, 3, 1) + 1.0) * 127.5, 0.0, 255.0)
 
 
+def output_pixels(image: np.ndarray) -> np.ndarray:
+    """:func:`from_network` pixels (float, 0..255) -> uint8, rounded half to even."""
+    return np.round(image).astype(np.uint8)
+
+
 def pool_half(x: np.ndarray) -> np.ndarray:
     """3x3 average pool, stride 2, padding 1, padding not counted: ``(B, C, H, W)`` -> half size."""
     b, c, h, w = x.shape
@@ -91,6 +96,15 @@ def pyramid(x: np.ndarray, levels: int = 2) -> list[np.ndarray]:
     return out
 
 
+def erosion_kernel(kernel_size: int) -> np.ndarray:
+    """The cone kernel of FSGAN's ``SoftErosion``: ``(k, k)`` float32, highest at the centre, sum 1."""
+    r = kernel_size // 2
+    yy, xx = np.mgrid[:kernel_size, :kernel_size]
+    dist = np.sqrt((xx - r) ** 2 + (yy - r) ** 2)
+    kernel = (dist.max() - dist).astype(np.float32)
+    return kernel / kernel.sum()
+
+
 def soft_erosion(mask: np.ndarray, kernel_size: int = 21,
                  threshold: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """FSGAN's ``SoftErosion`` of a binary ``(H, W)`` mask: ``(soft, hard)``.
@@ -100,12 +114,7 @@ def soft_erosion(mask: np.ndarray, kernel_size: int = 21,
     maximum over the batch, which is just under ``threshold``; dividing by ``threshold`` instead keeps
     it per face and strictly below 1, so ``hard == (soft >= 1)``.
     """
-    r = kernel_size // 2
-    yy, xx = np.mgrid[:kernel_size, :kernel_size]
-    dist = np.sqrt((xx - r) ** 2 + (yy - r) ** 2)
-    kernel = (dist.max() - dist).astype(np.float32)
-    kernel /= kernel.sum()
-    x = cv2.filter2D(mask.astype(np.float32), -1, kernel, borderType=cv2.BORDER_CONSTANT)
+    x = cv2.filter2D(mask.astype(np.float32), -1, erosion_kernel(kernel_size), borderType=cv2.BORDER_CONSTANT)
     x[x < 1e-6] = 0.0  # large kernels are convolved by DFT: round-off around zero
     hard = x >= threshold
     soft = np.where(hard, 1.0, np.minimum(x / threshold, 1.0 - 1e-6)).astype(np.float32)
@@ -225,6 +234,30 @@ class _EngineStage:
         self.engine.close()
 
 
+@dataclass(frozen=True)
+class ReenactInputs:
+    """What FSGAN v2's Gr needs for the faces of one frame, heatmaps aside: one row per (face, source)
+    pair of the faces' appearance-map mixes, faces in order."""
+
+    face_index: np.ndarray
+    """(P,) int64: the face of each pair."""
+    weights: np.ndarray
+    """(P,) float32: its barycentric weight (a face's weights sum to 1)."""
+    sources0: np.ndarray
+    """(P, R, R, 3) uint8: the pair's source crop rotated to the face's roll."""
+    sources1: np.ndarray
+    """(P, R/2, R/2, 3) uint8: its ``cv2.pyrDown``."""
+    points01: np.ndarray
+    """(F, 98, 2) float32: each face's WFLW points in the network crop, normalised (heatmap input)."""
+    mats: list[np.ndarray | None]
+    """Per face, chain crop -> network crop (None: they coincide)."""
+
+    @property
+    def same_crop(self) -> bool:
+        """The network's crop is the chain's for every face (its output needs no warp back)."""
+        return all(m is None for m in self.mats)
+
+
 class FsganReenactorV2(_EngineStage):
     """FSGAN v2 reenactment: appearance map over the source poses, Gr per source frame, barycentric mix."""
 
@@ -264,9 +297,8 @@ class FsganReenactorV2(_EngineStage):
         return cv2.warpAffine(src.image, m, (r, r), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=(0, 0, 0))
 
-    def process(self, faces: Sequence[FaceWork]) -> None:
-        if not faces:
-            return
+    def inputs(self, faces: Sequence[FaceWork]) -> ReenactInputs:
+        """Everything Gr needs for ``faces`` but the heatmaps: the sources each face mixes, rotated."""
         assert self._map is not None, "set_source() must be called before process()"
         r, half = self.resolution, self.resolution // 2
         mats = [self._net_crop.matrix(w) for w in faces]
@@ -275,29 +307,40 @@ class FsganReenactorV2(_EngineStage):
             mix = self._map.query(w.target.pose.yaw, w.target.pose.pitch)
             pairs.extend((fi, si, wt) for si, wt in zip(mix.indices, mix.weights, strict=True))
         n = len(pairs)
-        x0 = np.empty((n, 101, r, r), np.float32)
-        x1 = np.empty((n, 101, half, half), np.float32)
-        # Heatmaps once per face, then copied next to each of its sources.
         pts = np.stack([mesh_to_wflw98(w.landmarks if m is None else _affine(w.landmarks, m))
                         for w, m in zip(faces, mats, strict=True)])
-        p01 = normalize_points(pts, r)
-        hm0, hm1 = heatmaps_v2(p01, r), heatmaps_v2(p01, half)
         images0 = np.empty((n, r, r, 3), np.uint8)
         images1 = np.empty((n, half, half, 3), np.uint8)
         for k, (fi, si, _) in enumerate(pairs):
             img = self._rotated(self._sources[si], faces[fi].target.pose.roll)
             images0[k] = img
             images1[k] = cv2.pyrDown(img)
+        return ReenactInputs(
+            face_index=np.array([fi for fi, _, _ in pairs], np.int64),
+            weights=np.array([wt for _, _, wt in pairs], np.float32),
+            sources0=images0, sources1=images1, points01=normalize_points(pts, r), mats=mats)
+
+    def process(self, faces: Sequence[FaceWork]) -> None:
+        if not faces:
+            return
+        r, half = self.resolution, self.resolution // 2
+        inputs = self.inputs(faces)
+        n = len(inputs.face_index)
+        x0 = np.empty((n, 101, r, r), np.float32)
+        x1 = np.empty((n, 101, half, half), np.float32)
+        # Heatmaps once per face, then copied next to each of its sources.
+        hm0, hm1 = heatmaps_v2(inputs.points01, r), heatmaps_v2(inputs.points01, half)
+        for k, fi in enumerate(inputs.face_index):
             x0[k, 3:] = hm0[fi]
             x1[k, 3:] = hm1[fi]
-        x0[:, :3] = to_network(images0)
-        x1[:, :3] = to_network(images1)
+        x0[:, :3] = to_network(inputs.sources0)
+        x1[:, :3] = to_network(inputs.sources1)
         out = _single(run_batched(self.engine, (x0, x1), self.max_batch), self.name)
         mixed = np.zeros((len(faces), *out.shape[1:]), np.float32)
-        for k, (fi, _, wt) in enumerate(pairs):
+        for k, (fi, wt) in enumerate(zip(inputs.face_index, inputs.weights, strict=True)):
             mixed[fi] += wt * out[k]
         images = from_network(mixed)
-        for w, img, m in zip(faces, images, mats, strict=True):
+        for w, img, m in zip(faces, images, inputs.mats, strict=True):
             w.reenacted, w.coverage = _NetworkCrop.back(img, m, w.crop.size)
 
     def close(self) -> None:
@@ -411,6 +454,14 @@ class FsganReenactorV1(_EngineStage):
         super().close()
 
 
+def mouth_mask(w: FaceWork) -> np.ndarray:
+    """The target's inner mouth in its crop: ``(h, w)`` uint8, 1 inside the inner-lip polygon."""
+    mouth = np.zeros(w.image.shape[:2], np.uint8)
+    lips = mesh_to_wflw98(w.landmarks)[list(WFLW_GROUPS["inner_lips"])]
+    cv2.fillPoly(mouth, [np.round(lips).astype(np.int32)], 1)
+    return mouth
+
+
 class FsganSegmenter(_EngineStage):
     """FSGAN's S: the target's face region (soft-eroded) and, optionally, the reenacted face's."""
 
@@ -436,11 +487,8 @@ class FsganSegmenter(_EngineStage):
             images += [w.reenacted for w in faces]  # type: ignore[misc]
         logits = _single(run_batched(self.engine, (to_network(np.stack(images)),), self.max_batch), self.name)
         labels = logits.argmax(1)
-        inner = list(WFLW_GROUPS["inner_lips"])
         for i, w in enumerate(faces):
-            mouth = np.zeros(w.image.shape[:2], np.uint8)
-            lips = mesh_to_wflw98(w.landmarks)[inner]
-            cv2.fillPoly(mouth, [np.round(lips).astype(np.int32)], 1)
+            mouth = mouth_mask(w)
             face = labels[i] == FACE_CLASS
             if self.remove_mouth:
                 face &= mouth == 0
@@ -510,6 +558,6 @@ class FsganBlender(_EngineStage):
             x[i, 6] = hard
         out = _single(run_batched(self.engine, pyramid(x), self.max_batch), self.name)
         for w, img in zip(faces, from_network(out), strict=True):
-            w.output = np.round(img).astype(np.uint8)
+            w.output = output_pixels(img)
             w.alpha = w.face_mask
 

@@ -16,7 +16,6 @@ through behind the frames before it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -28,10 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from engines.executor import Device, PipelinedExecutor, Stream
-from stream.exceptions import EndOfStream, FacestreamError, StageError
+from stream.exceptions import EndOfStream
 from stream.frames import Frame
-from stream.handoff import Handoff
-from stream.tracks import FrameTrack
+from stream.tracks import FrameTrack, WorkerTrack
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +109,7 @@ class FramePipeline:
         self.executor.close()
 
 
-class PipelinedTrack(FrameTrack):
+class PipelinedTrack(WorkerTrack):
     """Runs a :class:`SplitChain` over every frame of ``upstream`` with ``depth`` frames in flight.
 
     One worker task pulls frames and hands the pre-step + submit and the wait + post-step of each frame
@@ -136,23 +134,14 @@ class PipelinedTrack(FrameTrack):
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.upstream = upstream
+        super().__init__(upstream, name=name, queue_size=queue_size, policy="block")
         self.chain = chain
-        self.name = name
         self.depth = depth
         self._device_factory = device_factory
         self._on_close = on_close
-        self._queue: Handoff[Frame] = Handoff(queue_size, "block")
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"facestream-{name}")
         self._pipeline: FramePipeline | None = None  # made and used on self._thread only
-        self._task: asyncio.Task[None] | None = None
         self._closed: Future[None] | None = None
-        self._stopped = False
-
-    @property
-    def dropped(self) -> int:
-        """Frames dropped (never: this track blocks)."""
-        return self._queue.dropped
 
     def _submit(self, frame: Frame) -> Prepared:
         if self._pipeline is None:
@@ -182,79 +171,45 @@ class PipelinedTrack(FrameTrack):
                 except Exception:
                     logger.exception("%s: on_close failed", self.name)
 
-    def _error(self, frame: Frame, exc: BaseException) -> BaseException:
-        """A facestream error as is, anything else as a :class:`StageError` (caused by it)."""
-        return exc if isinstance(exc, FacestreamError) else StageError(self.name, frame.index, exc)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"facestream-{self.name}")
-        self._task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("%s worker failed", self.name, exc_info=task.exception())
-
-    async def _work(self) -> None:
+    async def _produce(self) -> None:
         loop = asyncio.get_running_loop()
         # (frame, its pre-step's result, or the error that stopped it): oldest first.
         in_flight: deque[tuple[Frame, Prepared | BaseException]] = deque()
         pulling = True
-        try:
-            while True:
-                while pulling and len(in_flight) < self.depth:
-                    try:
-                        frame = await self.upstream.recv()
-                    except EndOfStream:
-                        pulling = False
-                        break
-                    try:
-                        in_flight.append((frame, await loop.run_in_executor(self._thread, self._submit, frame)))
-                    except Exception as exc:
-                        # The frames before this one are still delivered; nothing after it is pulled.
-                        in_flight.append((frame, exc))
-                        pulling = False
-                if not in_flight:
-                    break
-                frame, prepared = in_flight.popleft()
-                if isinstance(prepared, BaseException):
-                    raise self._error(frame, prepared)
+        while True:
+            while pulling and len(in_flight) < self.depth:
                 try:
-                    out = await loop.run_in_executor(self._thread, self._collect, frame, prepared)
+                    frame = await self.upstream.recv()
+                except EndOfStream:
+                    pulling = False
+                    break
+                try:
+                    in_flight.append((frame, await loop.run_in_executor(self._thread, self._submit, frame)))
                 except Exception as exc:
-                    raise self._error(frame, exc)  # noqa: B904 - StageError sets its own cause
-                await self._queue.put(out)
-            self._queue.finish()
-        except asyncio.CancelledError:
-            self._queue.finish()
-            raise
-        except BaseException as exc:  # handed to the consumer, which decides what to do
-            self._queue.finish(exc)
-            self.upstream.stop()
-
-    async def recv(self) -> Frame:
-        if self._task is None and not self._stopped:
-            self._start()
-        return await self._queue.get()
+                    # The frames before this one are still delivered; nothing after it is pulled.
+                    in_flight.append((frame, exc))
+                    pulling = False
+            if not in_flight:
+                break
+            frame, prepared = in_flight.popleft()
+            if isinstance(prepared, BaseException):
+                raise self._error(frame, prepared)
+            try:
+                out = await loop.run_in_executor(self._thread, self._collect, frame, prepared)
+            except Exception as exc:
+                raise self._error(frame, exc)  # noqa: B904 - StageError sets its own cause
+            await self._queue.put(out)
 
     def stop(self) -> None:
-        if self._stopped:
+        if not self._stop_worker():
             return
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-        self._queue.finish()
-        self.upstream.stop()
         # Queued behind the job in progress on the pipeline's thread: nothing is closed under it.
         self._closed = self._thread.submit(self._close)
         self._thread.shutdown(wait=False)
 
     async def aclose(self) -> None:
         """``stop()``, then wait until the worker has ended and the pipeline and ``on_close`` are done."""
-        task = self._task
-        self.stop()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._await_worker()
         assert self._closed is not None
         await asyncio.wrap_future(self._closed)
 

@@ -40,7 +40,80 @@ class FrameTrack(ABC):
         """Stop producing frames and release resources. Idempotent."""
 
 
-class ProcessorTrack(FrameTrack):
+class WorkerTrack(FrameTrack):
+    """A track fed by one worker task of its own, through a bounded :class:`~stream.handoff.Handoff`.
+
+    The task starts at the first ``recv``, runs :meth:`_produce` (pull from ``upstream``, put frames into
+    ``self._queue``) and ends the queue: cleanly after the last frame, with the error that stopped it
+    (the next ``recv`` raises it, and the upstream is stopped), or on cancellation by ``stop()``.
+    """
+
+    def __init__(self, upstream: FrameTrack, *, name: str, queue_size: int = 4,
+                 policy: DropPolicy = "block") -> None:
+        self.upstream = upstream
+        self.name = name
+        self._queue: Handoff[Frame] = Handoff(queue_size, policy)
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped by this track's queue (only with the keep-latest policy)."""
+        return self._queue.dropped
+
+    @abstractmethod
+    async def _produce(self) -> None:
+        """Pull frames from ``upstream`` and put the results into ``self._queue``, in order, to the end."""
+
+    def _error(self, frame: Frame, exc: BaseException) -> BaseException:
+        """A facestream error as is, anything else as a :class:`StageError` naming this step and frame."""
+        return exc if isinstance(exc, FacestreamError) else StageError(self.name, frame.index, exc)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"facestream-{self.name}")
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s worker failed", self.name, exc_info=task.exception())
+
+    async def _work(self) -> None:
+        try:
+            await self._produce()
+            self._queue.finish()
+        except asyncio.CancelledError:
+            self._queue.finish()
+            raise
+        except BaseException as exc:  # handed to the consumer, which decides what to do
+            self._queue.finish(exc)
+            self.upstream.stop()
+
+    async def recv(self) -> Frame:
+        if self._task is None and not self._stopped:
+            self._start()
+        return await self._queue.get()
+
+    def _stop_worker(self) -> bool:
+        """Cancel the worker, end the queue and stop the upstream; False when already stopped."""
+        if self._stopped:
+            return False
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.finish()
+        self.upstream.stop()
+        return True
+
+    async def _await_worker(self) -> None:
+        """``stop()``, then wait for the worker task to end."""
+        task = self._task
+        self.stop()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class ProcessorTrack(WorkerTrack):
     """Applies ``fn`` to every frame of ``upstream`` in a worker task and an executor.
 
     ``fn`` runs on a single thread by default, so stateful steps (tracking) see frames in order. With
@@ -64,29 +137,12 @@ class ProcessorTrack(FrameTrack):
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.upstream = upstream
+        super().__init__(upstream, name=name, queue_size=queue_size, policy=policy)
         self.workers = workers
-        self.name = name
         self._fn = fn
-        self._queue: Handoff[Frame] = Handoff(queue_size, policy)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix=f"facestream-{name}")
         self._on_close = on_close
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-
-    @property
-    def dropped(self) -> int:
-        """Frames dropped by this track's keep-latest queue."""
-        return self._queue.dropped
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"facestream-{self.name}")
-        self._task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("%s worker failed", self.name, exc_info=task.exception())
 
     def _run(self, frame: Frame) -> Frame:
         t0 = time.perf_counter()
@@ -94,7 +150,7 @@ class ProcessorTrack(FrameTrack):
         out.timings.setdefault(self.name, time.perf_counter() - t0)
         return out
 
-    async def _work(self) -> None:
+    async def _produce(self) -> None:
         loop = asyncio.get_running_loop()
         pending: deque[tuple[Frame, asyncio.Future[Frame]]] = deque()
         upstream_done = False
@@ -112,35 +168,19 @@ class ProcessorTrack(FrameTrack):
                 frame, future = pending.popleft()
                 try:
                     out = await future
-                except FacestreamError:
-                    raise
                 except Exception as exc:
-                    raise StageError(self.name, frame.index, exc) from exc
+                    error = self._error(frame, exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 await self._queue.put(out)
-            self._queue.finish()
-        except asyncio.CancelledError:
-            self._queue.finish()
-            raise
-        except BaseException as exc:  # handed to the consumer, which decides what to do
-            self._queue.finish(exc)
-            self.upstream.stop()
         finally:
             for _, future in pending:
                 future.cancel()
 
-    async def recv(self) -> Frame:
-        if self._task is None and not self._stopped:
-            self._start()
-        return await self._queue.get()
-
     def stop(self) -> None:
-        if self._stopped:
+        if not self._stop_worker():
             return
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-        self._queue.finish()
-        self.upstream.stop()
         if self._on_close is not None:
             with contextlib.suppress(Exception):
                 self._on_close()
@@ -149,8 +189,4 @@ class ProcessorTrack(FrameTrack):
 
     async def aclose(self) -> None:
         """``stop()`` and wait for the worker task to finish."""
-        task = self._task
-        self.stop()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._await_worker()

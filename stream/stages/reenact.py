@@ -207,7 +207,9 @@ class MeshWarpReenactor:
         hit = self.maps.get(key, work.frame_index, work.target.landmarks)
         if hit is not None:
             (origin, old), motion = hit
-            return self._carry(old, origin, motion, work)
+            carried = self._carry(old, origin, motion, work)
+            if carried is not None:
+                return carried
         wm = self.build_map(work)
         if wm is not None:
             self.maps.put(key, work.frame_index, work.target.landmarks, (work.crop.origin, wm))

@@ -73,6 +73,10 @@ class PipelineStats:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        steps = dict(self.step_seconds)
+        encode = getattr(self.sink, "encode_seconds", None)  # the sink's thread: conversion + encoder calls
+        if encode is not None:
+            steps.setdefault("encode", encode)
         return {
             "frames": self.frames,
             "frames_with_faces": self.frames_with_faces,
@@ -83,8 +87,7 @@ class PipelineStats:
             "max_faces_in_frame": self.max_faces_in_frame,
             "wall_seconds": round(self.wall_seconds, 4),
             "fps": round(self.fps, 3),
-            "ms_per_frame": {k: round(1000 * v / max(self.frames, 1), 3)
-                             for k, v in sorted(self.step_seconds.items())},
+            "ms_per_frame": {k: round(1000 * v / max(self.frames, 1), 3) for k, v in sorted(steps.items())},
         }
 
 

@@ -168,6 +168,27 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
     assert out.exists()
 
 
+def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(media, tmp_path):
+    out = tmp_path / "bench.json"
+    before = sha256(media["cfr"])
+    r = facestream("bench", media["cfr"], "--source", media["source"], "--json", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sha256(media["cfr"]) == before
+    assert "swap / transcode floor:" in r.stdout and "end-to-end fps" in r.stdout
+    result = json.loads(out.read_text())
+    floor, swap = result["transcode_floor"], result["swap"]
+    frames = len(read_frames(media["cfr"])[1])
+    assert floor["frames"] == swap["frames"] == frames
+    assert floor["fps"] > 0 and swap["fps"] > 0
+    assert result["ratio_to_floor"] == pytest.approx(swap["fps"] / floor["fps"], abs=1e-3)
+    # Per step, as the issue asks: decode, track, each stage, encode (the floor has no track or stages).
+    assert {"decode", "encode"} <= set(floor["ms_per_frame"]) and "track" not in floor["ms_per_frame"]
+    assert {"decode", "track", "mesh_warp", "mesh_segment", "inpaint", "blend_poisson", "encode"} <= set(
+        swap["ms_per_frame"])
+    assert swap["frames_with_faces"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # its videos went to a temp dir
+
+
 # ---- bad input: one line, exit code != 0, no traceback, no output, input untouched ----
 
 def _bad_inputs(tmp: Path, media: dict[str, Path]) -> dict[str, tuple[list[str | Path], str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -17,10 +18,14 @@ import pytest
 from stream.demo import sample_faces
 from tests.mediautil import packet_summary, psnr, read_frames, write_face_clip
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def facestream(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # The package is importable from any working directory, installed or not.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "stream", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, env=env, timeout=600)
 
 
 def sha256(path: Path) -> str:

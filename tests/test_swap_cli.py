@@ -194,6 +194,22 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # its videos went to a temp dir
 
 
+def test_demo_builds_the_sample_clip_swaps_it_and_says_where(tmp_path):
+    d = tmp_path / "demo"
+    r = facestream("demo", "--output-dir", d, "--frames", "24", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = d / "swapped.mp4"
+    assert f"result:  {result}" in r.stdout
+    assert {"target.mp4", "source.jpg", "swapped.mp4", "before_after.png", "report.json"} <= {
+        p.name for p in d.iterdir()}
+    (_, pts_in), (_, pts_out) = read_frames(d / "target.mp4"), read_frames(result)
+    assert pts_out == pts_in and len(pts_in) == 24
+    report = json.loads((d / "report.json").read_text())
+    assert report["frames_with_faces"] > 0 and report["frames_modified"] == report["frames_with_faces"]
+    with av.open(str(result)) as c:
+        assert c.metadata.get("synthetic") == "true"
+
+
 # ---- bad input: one line, exit code != 0, no traceback, no output, input untouched ----
 
 def _bad_inputs(tmp: Path, media: dict[str, Path]) -> dict[str, tuple[list[str | Path], str]]:

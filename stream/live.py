@@ -33,6 +33,7 @@ from stream.choices import FaceSelection
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFaceError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.sinks import is_isobmff, synthetic_marks
 from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack
 
@@ -359,16 +360,22 @@ class EncodedOutput:
     """A recording file or an RTSP push, H.264 tuned for latency, encoded on a thread of its own.
 
     Opened at the first frame (its size fixes the stream's); timestamps come from the frames'
-    ``pts`` (the capture clock), so dropped frames show as gaps in time, not as a faster video.
+    ``pts`` (the capture clock), so dropped frames show as gaps in time, not as a faster video. The
+    container carries the synthetic-media marks (:func:`stream.sinks.synthetic_marks`) over ``metadata``.
+
+    An RTSP push that fails after it was up (the server restarted, the network dropped) is reopened
+    with ``reconnect``'s back-off; frames that arrive while it is down are counted in ``dropped`` and
+    the new session starts with a keyframe. A push that cannot be opened at all fails at once.
     """
 
     def __init__(self, target: str, *, fps: float = 30.0, kind: OutputKind = "file", crf: int = 23,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, reconnect: ReconnectPolicy | None = None) -> None:
         self.target = target
         self.kind = kind
         self.fps = fps
         self.crf = crf
-        self.metadata = metadata or {}
+        self.metadata = synthetic_marks(metadata)
+        self.reconnect = reconnect or ReconnectPolicy()
         if kind == "file":
             parent = Path(target).resolve().parent
             if not parent.is_dir():
@@ -377,17 +384,27 @@ class EncodedOutput:
         self._container: Any = None
         self._stream: Any = None
         self._last_pts = -1
+        self._was_up = False
+        self._retry_at = 0.0
+        self._attempt = 0
         self.frames = 0
+        self.dropped = 0
+        """Frames that came while an RTSP push was down."""
+        self.reconnects = 0
+        self.failures = 0
 
     def _open(self, frame: Frame) -> None:
         fmt = "rtsp" if self.kind == "rtsp" else None
-        options = {"rtsp_transport": "tcp"} if self.kind == "rtsp" else {}
+        # A socket timeout (microseconds), so a push to a vanished server fails instead of hanging.
+        timeout = str(int(self.reconnect.read_timeout * 1e6))
+        options = {"rtsp_transport": "tcp", "timeout": timeout} if self.kind == "rtsp" else {}
         try:
             self._container = av.open(self.target, "w", format=fmt, options=options)
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot open OUTPUT {self.target}: {exc}") from exc
-        for k, v in self.metadata.items():
-            self._container.metadata[k] = v
+        if is_isobmff(self._container):
+            self._container.options["movflags"] = "+use_metadata_tags"  # keep synthetic=... in MP4
+        self._container.metadata.update(self.metadata)
         stream = self._container.add_stream("libx264", rate=round(self.fps))
         stream.width, stream.height = frame.width - frame.width % 2, frame.height - frame.height % 2
         stream.pix_fmt = "yuv420p"
@@ -396,20 +413,52 @@ class EncodedOutput:
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(self.crf)}
         self._stream = stream
 
-    def _write(self, frame: Frame) -> None:
+    def _encode(self, frame: Frame) -> None:
         if self._container is None:
             self._open(frame)
         image = frame.image[: self._stream.height, : self._stream.width]
         vf = yuv420_frame(image)
         pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
         pts = max(pts, self._last_pts + 1)
-        self._last_pts = pts
         vf.pts, vf.time_base = pts, Fraction(1, 1000)
         try:
             self._container.mux(self._stream.encode(vf))
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"writing OUTPUT {self.target} failed: {exc}") from exc
+        self._last_pts = pts
         self.frames += 1
+
+    def _write(self, frame: Frame) -> None:
+        if self.kind != "rtsp" or not self._was_up:
+            self._encode(frame)  # a file, or a push's first connection: any failure is final
+            self._was_up = True
+            return
+        if self._container is None and time.monotonic() < self._retry_at:
+            self.dropped += 1
+            return
+        reopening = self._container is None
+        try:
+            self._encode(frame)
+        except OutputError as exc:
+            self._drop_connection(exc)
+            self.dropped += 1
+            return
+        if reopening:
+            self.reconnects += 1
+            self._attempt = 0
+            logger.info("%s: push resumed", self.target)
+
+    def _drop_connection(self, exc: Exception) -> None:
+        """Close a failed push (without flushing into a dead socket) and schedule the next attempt."""
+        if self._attempt == 0:
+            logger.warning("%s: push failed (%s); reconnecting", self.target, exc)
+        self.failures += 1
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.close()
+        self._retry_at = time.monotonic() + self.reconnect.delay(self._attempt)
+        self._attempt += 1
 
     def _close(self) -> None:
         if self._container is None:
@@ -419,8 +468,12 @@ class EncodedOutput:
         except (av.FFmpegError, OSError) as exc:
             logger.warning("flushing %s failed: %s", self.target, exc)
         finally:
-            self._container.close()
-            self._container = None
+            container, self._container = self._container, None
+            if self.kind == "rtsp":
+                with contextlib.suppress(Exception):  # a server gone away: nothing more can be sent
+                    container.close()
+            else:
+                container.close()
 
     async def write(self, frame: Frame) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, frame)
@@ -430,7 +483,10 @@ class EncodedOutput:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         finally:
             self._executor.shutdown(wait=False)
-        return {"output": self.target, "kind": self.kind, "frames": self.frames}
+        report: dict[str, Any] = {"output": self.target, "kind": self.kind, "frames": self.frames}
+        if self.kind == "rtsp":
+            report.update(dropped=self.dropped, reconnects=self.reconnects, failures=self.failures)
+        return report
 
 
 class VirtualCameraOutput:
@@ -468,12 +524,13 @@ class VirtualCameraOutput:
         return {"output": self.device, "kind": "v4l2", "frames": self.frames}
 
 
-def open_output(spec: str, *, fps: float = 30.0, metadata: dict[str, str] | None = None) -> LiveOutput:
+def open_output(spec: str, *, fps: float = 30.0, metadata: dict[str, str] | None = None,
+                reconnect: ReconnectPolicy | None = None) -> LiveOutput:
     """The :class:`LiveOutput` for ``spec``: a recording file, an ``rtsp://`` push or ``/dev/videoN``."""
     kind = output_kind(spec)
     if kind == "v4l2":
         return VirtualCameraOutput(spec, fps=fps)
-    return EncodedOutput(spec, fps=fps, kind=kind, metadata=metadata)
+    return EncodedOutput(spec, fps=fps, kind=kind, metadata=metadata, reconnect=reconnect)
 
 
 # -- the live run ----------------------------------------------------------------------------------------
@@ -555,7 +612,9 @@ async def run_live(
 
     loop = asyncio.get_running_loop()
     source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
-    output = open_output(options.output, fps=options.fps) if options.output else None
+    mode = {"facestream_mode": "live/weight-free" if processor is None else "live"}
+    output = (open_output(options.output, fps=options.fps, metadata=mode, reconnect=options.reconnect)
+              if options.output else None)
     executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-live")
     own_processor = processor is None
     if processor is None:

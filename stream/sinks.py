@@ -92,6 +92,23 @@ def _split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarr
             flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
 
 
+def synthetic_marks(metadata: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``metadata`` with the marks every facestream output carries applied last, so that no caller or
+    input tag can unset them: ``synthetic=true``, ``encoder_app=facestream <version>`` and, unless given,
+    a ``comment`` saying the media is synthetic (naming ``facestream_mode`` when set)."""
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({"synthetic": "true", "encoder_app": f"facestream {__version__}"})
+    if "comment" not in meta:
+        mode = meta.get("facestream_mode")
+        meta["comment"] = f"Synthetic media: altered by facestream {__version__}" + (f" ({mode})" if mode else "")
+    return meta
+
+
+def is_isobmff(container: OutputContainer) -> bool:
+    """MP4/MOV family: custom metadata keys are written only with ``movflags=+use_metadata_tags``."""
+    return bool(set(container.format.name.split(",")) & _ISOBMFF_MUXERS)
+
+
 def _plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A writable (height, width) uint8 view of one plane of a frame (its rows are ``line_size`` apart)."""
     rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
@@ -253,7 +270,7 @@ class VideoFileSink:
             container = av.open(str(self._tmp), mode="w")
         except (av.FFmpegError, ValueError) as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
-        if set(container.format.name.split(",")) & _ISOBMFF_MUXERS:
+        if is_isobmff(container):
             container.options["movflags"] = "+use_metadata_tags"  # keep custom keys (synthetic=...)
             # Edit lists (a stream starting after 0, B-frame delay) are counted in the movie time
             # scale, 1/1000 by default; the video's own clock keeps its start exact.
@@ -338,13 +355,7 @@ class VideoFileSink:
     def _set_container_metadata(self, extra: Mapping[str, str]) -> None:
         meta = _kept_metadata(self.source.info.metadata)
         meta.update({str(k): str(v) for k, v in extra.items()})
-        # Applied last: no caller can unset the marks (outputs are always declared synthetic).
-        meta.update({"synthetic": "true", "encoder_app": f"facestream {__version__}"})
-        if "comment" not in meta:
-            mode = meta.get("facestream_mode")
-            meta["comment"] = (f"Synthetic media: altered by facestream {__version__}"
-                               + (f" ({mode})" if mode else ""))
-        self._container.metadata.update(meta)
+        self._container.metadata.update(synthetic_marks(meta))
 
     def _write_header(self) -> None:
         """Write the header now: a stream the container rejects fails here, before any processing."""

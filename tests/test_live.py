@@ -65,7 +65,7 @@ def test_virtual_camera_output_names_the_missing_extra() -> None:
 
 
 async def test_recording_keeps_capture_clock_timestamps(tmp_path: Path) -> None:
-    out = EncodedOutput(str(tmp_path / "rec.mkv"), fps=30)
+    out = EncodedOutput(str(tmp_path / "rec.mkv"), fps=30, metadata={"synthetic": "false", "title": "cam"})
     t0 = time.monotonic()
     # 0, 1, 2 then a gap (frames dropped upstream) and 6, 7: the recording shows the gap in time.
     for i, slot in enumerate([0, 1, 2, 6, 7]):
@@ -77,6 +77,9 @@ async def test_recording_keeps_capture_clock_timestamps(tmp_path: Path) -> None:
     images, pts = read_frames(tmp_path / "rec.mkv")
     with av.open(str(tmp_path / "rec.mkv")) as c:
         tb = c.streams.video[0].time_base
+        meta = {k.lower(): v for k, v in c.metadata.items()}
+    # Marked as synthetic whatever the caller passed; the caller's other tags are kept.
+    assert meta["synthetic"] == "true" and meta["title"] == "cam" and "synthetic media" in meta["comment"].lower()
     seconds = [round(float(p * tb), 3) for p in pts]
     assert seconds == pytest.approx([0.0, 1 / 30, 2 / 30, 6 / 30, 7 / 30], abs=0.002)
     assert [int(im.mean()) for im in images] == pytest.approx([0, 40, 80, 120, 160], abs=3)
@@ -141,6 +144,8 @@ async def test_live_run_on_a_real_time_file_records_swapped_frames(tmp_path: Pat
     assert wall >= 19 / 15 * 0.9  # paced like a camera, not decoded as fast as possible
     images, pts = read_frames(tmp_path / "rec.mp4")
     assert len(images) == report["frames_out"] == report["output"]["frames"]
+    with av.open(str(tmp_path / "rec.mp4")) as c:
+        assert c.metadata.get("synthetic") == "true" and c.metadata.get("facestream_mode") == "live/weight-free"
     assert all(b > a for a, b in itertools.pairwise(pts))
     # Face pixels changed, the textured background did not.
     from stream.tracking import detect_faces

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -115,3 +117,51 @@ def test_live_command_pushes_to_an_rtsp_server(tmp_path: Path, face_jpeg: Path) 
     with av.open(str(tmp_path / "record.mkv")) as c:
         received = sum(1 for _ in c.decode(video=0))
     assert report["output"]["frames"] > 0 and received >= report["output"]["frames"] - 2, (received, report)
+
+
+async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_jpeg: Path) -> None:
+    from stream.frames import Frame
+    from stream.live import EncodedOutput, ReconnectPolicy
+
+    picture = face_frames(320, 240, 1)[0]
+    server = RtspServer(face_jpeg, free_port())
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    server.record_dir = first
+    server.start()
+    push = server.url.replace("/face", "/record")
+    out = EncodedOutput(push, fps=30, kind="rtsp", reconnect=ReconnectPolicy(maximum=0.2, read_timeout=1.0))
+    t0 = time.monotonic()
+    index = 0
+
+    async def send(seconds: float) -> None:
+        nonlocal index
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            now = time.monotonic()
+            await out.write(Frame(index=index, image=picture, pts=round((now - t0) * 90000),
+                                  time_base=Fraction(1, 90000), capture_time=now))
+            index += 1
+            await asyncio.sleep(1 / 30)
+
+    try:
+        await send(1.5)
+        server.stop()
+        await send(1.5)  # the server is gone: writes fail, then are dropped between attempts
+        server.record_dir = second
+        server.start()
+        await send(2.5)
+        report = await out.close()
+        await asyncio.sleep(0.5)  # the server finishes its file
+    finally:
+        server.stop()
+    assert report["reconnects"] >= 1 and report["failures"] >= 1 and report["dropped"] >= 1, report
+    assert report["frames"] + report["dropped"] == index, report
+    # (The first session's file is cut short by the server's death; the second is the push resumed.)
+    with av.open(str(second / "record.mkv")) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    # It starts with a keyframe, so all of it decodes: about 2.5 s at 30 fps, less the reconnection.
+    assert len(decoded) >= 30, (len(decoded), report)
+    first_frame = decoded[0]
+    assert np.abs(first_frame.astype(int) - picture).mean() < 12

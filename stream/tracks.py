@@ -168,11 +168,10 @@ class ProcessorTrack(WorkerTrack):
                 frame, future = pending.popleft()
                 try:
                     out = await future
+                except FacestreamError:
+                    raise
                 except Exception as exc:
-                    error = self._error(frame, exc)
-                    if error is exc:
-                        raise
-                    raise error from exc
+                    raise StageError(self.name, frame.index, exc) from exc
                 await self._queue.put(out)
         finally:
             for _, future in pending:

@@ -14,18 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from stream import __version__
-from stream.pipeline import run_pipeline
 from stream.swap import SwapOptions, encode_settings, swap_video
 
 
 async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> dict[str, Any]:
     """Decode + encode alone with the swap's encoder settings; returns frames, seconds and fps."""
-    from stream.sinks import VideoFileSink
-    from stream.sources import VideoFileSource
+    from stream.sinks import transcode_stats
 
-    source = VideoFileSource(input)
-    sink = VideoFileSink(output, source, settings=encode_settings(options))
-    stats = await run_pipeline(source, sink)
+    stats = await transcode_stats(input, output, encode_settings(options))
     return {"frames": stats.frames, "seconds": round(stats.wall_seconds, 4), "fps": round(stats.fps, 3),
             "ms_per_frame": stats.as_dict()["ms_per_frame"]}
 

@@ -60,6 +60,7 @@ from stream import __version__
 from stream.exceptions import EndOfStream, FacestreamError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.pipeline import PipelineStats, run_pipeline
 from stream.sources import PacketChannel, VideoFileSource
 
 logger = logging.getLogger(__name__)
@@ -561,6 +562,35 @@ class VideoFileSink:
             await self.close()
 
 
+async def transcode_stats(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    settings: EncodeSettings = EncodeSettings(),
+    *,
+    rgb_roundtrip: bool = False,
+    metadata: Mapping[str, str] = MappingProxyType({}),
+    queue_size: int = 8,
+) -> PipelineStats:
+    """Decode ``input`` and encode it into ``output`` with nothing in between; the run's statistics.
+
+    The benchmark's *transcode floor*: the same source, sink, settings and pipeline as a real run, so the
+    difference to a swap is the processing. ``rgb_roundtrip=True`` marks every frame modified, so
+    each one is converted back from RGB as a processed frame would be.
+    """
+    source = VideoFileSource(input, queue_size=queue_size)
+    try:
+        sink = VideoFileSink(output, source, settings=settings, queue_size=queue_size,
+                             metadata={"facestream_mode": "transcode", **metadata})
+    except BaseException:
+        source.stop()
+        raise
+
+    def mark(frame: Frame) -> None:
+        frame.modified = frame.modified or rgb_roundtrip
+
+    return await run_pipeline(source, sink, on_frame=mark)
+
+
 async def transcode(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -570,30 +600,10 @@ async def transcode(
     metadata: Mapping[str, str] = MappingProxyType({}),
     queue_size: int = 8,
 ) -> SinkStats:
-    """Decode ``input`` and encode it into ``output`` with nothing in between.
-
-    The benchmark's *transcode floor*: the same source, sink and settings as a real run, so the
-    difference to a swap is the processing. ``rgb_roundtrip=True`` marks every frame modified, so
-    each one is converted back from RGB as a processed frame would be.
-    """
-    source = VideoFileSource(input, queue_size=queue_size)
-    try:
-        sink = VideoFileSink(output, source, settings=settings, queue_size=queue_size,
-                             metadata={"facestream_mode": "transcode", **metadata})
-        try:
-            while True:
-                try:
-                    frame = await source.recv()
-                except EndOfStream:
-                    break
-                frame.modified = frame.modified or rgb_roundtrip
-                await sink.write(frame)
-            return await sink.close()
-        except BaseException:
-            await sink.abort()
-            raise
-    finally:
-        source.stop()
+    """:func:`transcode_stats`, returning what the sink wrote."""
+    stats = await transcode_stats(input, output, settings, rgb_roundtrip=rgb_roundtrip, metadata=metadata,
+                                  queue_size=queue_size)
+    return stats.sink
 
 
-__all__ = ["OUTPUT_EXTENSIONS", "EncodeSettings", "SinkStats", "VideoFileSink", "transcode"]
+__all__ = ["OUTPUT_EXTENSIONS", "EncodeSettings", "SinkStats", "VideoFileSink", "transcode", "transcode_stats"]

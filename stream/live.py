@@ -384,7 +384,6 @@ class EncodedOutput:
         self._container: Any = None
         self._stream: Any = None
         self._last_pts = -1
-        self._was_up = False
         self._retry_at = 0.0
         self._attempt = 0
         self.frames = 0
@@ -429,9 +428,8 @@ class EncodedOutput:
         self.frames += 1
 
     def _write(self, frame: Frame) -> None:
-        if self.kind != "rtsp" or not self._was_up:
-            self._encode(frame)  # a file, or a push's first connection: any failure is final
-            self._was_up = True
+        if self.kind != "rtsp" or self.frames == 0:
+            self._encode(frame)  # a file, or a push not yet up: any failure is final
             return
         if self._container is None and time.monotonic() < self._retry_at:
             self.dropped += 1

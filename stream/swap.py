@@ -248,10 +248,16 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     check_paths(options)
     t_start = time.perf_counter()
-    info = probe_video(options.input)
-    bank = load_source_bank(options.source, max_frames=options.source_frames)
-    chain = build_chain(options)
-    chain.set_source(bank)
+
+    def setup() -> tuple[Any, SourceBank, StageChain]:
+        info = probe_video(options.input)
+        bank = load_source_bank(options.source, max_frames=options.source_frames)
+        chain = build_chain(options)
+        chain.set_source(bank)
+        return info, bank, chain
+
+    # Seconds of probing, face detection and model loading: off the event loop.
+    info, bank, chain = await asyncio.get_running_loop().run_in_executor(None, setup)
     setup_seconds = time.perf_counter() - t_start
 
     split = overlap_chain(options, chain)

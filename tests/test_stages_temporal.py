@@ -14,7 +14,7 @@ from stream.exceptions import InputError
 from stream.frames import Frame
 from stream.stages import SourceBank, default_chain
 from stream.stages.blend import MeshBlender
-from stream.stages.reenact import MeshWarpReenactor
+from stream.stages.reenact import MeshWarpReenactor, WarpMap
 from stream.stages.temporal import AffineMemo, TrackMemo, fit_affine
 
 
@@ -226,13 +226,13 @@ def test_affine_memo_serves_only_affine_images_of_the_landmarks() -> None:
     assert AffineMemo(1).get(1, 0, lm) is None  # reuse 1: never
 
 
-def _full(wm: object, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _full(wm: WarpMap | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A WarpMap's arrays placed into crop-sized arrays (uncovered: NaN map, 0 coverage)."""
+    assert wm is not None
     mx, my, cov = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32), np.zeros(shape, np.float32)
-    h, w = wm.coverage.shape  # type: ignore[attr-defined]
-    y0, x0 = wm.y0, wm.x0  # type: ignore[attr-defined]
-    mx[y0:y0 + h, x0:x0 + w], my[y0:y0 + h, x0:x0 + w] = wm.map_x, wm.map_y  # type: ignore[attr-defined]
-    cov[y0:y0 + h, x0:x0 + w] = wm.coverage  # type: ignore[attr-defined]
+    h, w = wm.coverage.shape
+    mx[wm.y0:wm.y0 + h, wm.x0:wm.x0 + w], my[wm.y0:wm.y0 + h, wm.x0:wm.x0 + w] = wm.map_x, wm.map_y
+    cov[wm.y0:wm.y0 + h, wm.x0:wm.x0 + w] = wm.coverage
     return mx, my, cov
 
 

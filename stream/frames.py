@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from stream.pixels import lazy_capable, luma, plane_view, region_rgb, rgb_image
+
 if TYPE_CHECKING:
     import av
 
@@ -54,43 +56,160 @@ class TrackedFace:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
 
-@dataclass
 class Frame:
     """A decoded video frame travelling through the pipeline.
 
     ``pts``/``time_base`` are copied from the decoder and never changed by any stage, so every frame
     leaves with the timestamp it came in with.
+
+    A frame made from a decoded 4:2:0 ``source`` without an ``image`` converts to RGB only what is read
+    (:meth:`rgb`, :meth:`grey`, :meth:`samples`; see :mod:`stream.pixels`), and :meth:`write` keeps what
+    stages paste as patches; reading :attr:`image` converts the whole frame once (patches applied) and
+    from then on it is an ordinary array. Either way every read sees the same pixels.
     """
 
-    index: int
-    """0-based position in the input's decode order of frames (presentation order)."""
-    image: np.ndarray
-    """(H, W, 3) uint8 RGB, C-contiguous, stored orientation."""
-    pts: int | None = None
-    time_base: Fraction | None = None
-    rotation: int = 0
-    """Display rotation in degrees (0, 90, 180, 270), as the container's display matrix says."""
-    capture_time: float = 0.0
-    """``time.monotonic()`` when the frame was captured or decoded; latency is measured from it."""
-    faces: list[TrackedFace] = field(default_factory=list)
-    modified: bool = False
-    """True once a stage changed ``image``; unmodified frames may be re-encoded from ``source``."""
-    dirty: list[tuple[int, int, int, int]] = field(default_factory=list)
-    """Regions ``(x0, y0, x1, y1)`` of ``image`` changed by stages. A sink may convert only these back to
-    the source's pixel format (faster, and every other pixel stays bit-exact); empty with ``modified``
-    set means "anything may have changed"."""
-    source: av.VideoFrame | None = field(default=None, repr=False)
-    """The decoded frame this came from, when there is one."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per step (``decode``, ``track``, each stage...), for reports and benchmarks."""
+    __slots__ = (
+        "_image",
+        "_patches",
+        "capture_time",
+        "dirty",
+        "faces",
+        "index",
+        "modified",
+        "pts",
+        "rotation",
+        "source",
+        "time_base",
+        "timings",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        image: np.ndarray | None = None,
+        pts: int | None = None,
+        time_base: Fraction | None = None,
+        rotation: int = 0,
+        capture_time: float = 0.0,
+        faces: list[TrackedFace] | None = None,
+        modified: bool = False,
+        dirty: list[tuple[int, int, int, int]] | None = None,
+        source: av.VideoFrame | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        if image is None and source is None:
+            raise ValueError("a Frame needs an image or a decoded source frame")
+        self.index = index
+        """0-based position in the input's decode order of frames (presentation order)."""
+        self._image = image
+        self._patches: list[tuple[int, int, np.ndarray]] = []
+        self.pts = pts
+        self.time_base = time_base
+        self.rotation = rotation
+        """Display rotation in degrees (0, 90, 180, 270), as the container's display matrix says."""
+        self.capture_time = capture_time
+        """``time.monotonic()`` when the frame was captured or decoded; latency is measured from it."""
+        self.faces: list[TrackedFace] = [] if faces is None else faces
+        self.modified = modified
+        """True once a stage changed the pixels; unmodified frames may be re-encoded from ``source``."""
+        self.dirty: list[tuple[int, int, int, int]] = [] if dirty is None else dirty
+        """Regions ``(x0, y0, x1, y1)`` changed by stages. A sink may convert only these back to the
+        source's pixel format (faster, and every other pixel stays bit-exact); empty with ``modified``
+        set means "anything may have changed"."""
+        self.source = source
+        """The decoded frame this came from, when there is one."""
+        self.timings: dict[str, float] = {} if timings is None else timings
+        """Seconds spent per step (``decode``, ``track``, each stage...), for reports and benchmarks."""
+
+    def __repr__(self) -> str:
+        return (f"Frame(index={self.index}, size={self.width}x{self.height}, pts={self.pts}, "
+                f"faces={len(self.faces)}, modified={self.modified}, lazy={self.lazy})")
+
+    # -- pixels ----------------------------------------------------------------------------------
+
+    @property
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, C-contiguous, stored orientation (converted from ``source`` on first use)."""
+        if self._image is None:
+            assert self.source is not None
+            image = rgb_image(self.source)
+            for x0, y0, patch in self._patches:
+                image[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch
+            self._image, self._patches = image, []
+        return self._image
+
+    @image.setter
+    def image(self, value: np.ndarray) -> None:
+        self._image, self._patches = value, []
+
+    @property
+    def lazy(self) -> bool:
+        """Whether reads convert boxes of ``source`` (no whole RGB image exists yet)."""
+        return self._image is None and self.source is not None and lazy_capable(self.source)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(height, width, 3)`` of the RGB image."""
+        if self._image is not None:
+            h, w = self._image.shape[:2]
+            return int(h), int(w), 3
+        assert self.source is not None
+        return int(self.source.height), int(self.source.width), 3
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return self.shape[0]
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return self.shape[1]
+
+    def rgb(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0, 3) uint8 RGB of a box inside the frame; may be a view (read, don't write)."""
+        if not self.lazy:
+            return self.image[y0:y1, x0:x1]
+        assert self.source is not None
+        over = [p for p in self._patches if _intersects(p, x0, y0, x1, y1)]
+        if over:
+            px, py, patch = over[-1]
+            if px <= x0 and py <= y0 and x1 <= px + patch.shape[1] and y1 <= py + patch.shape[0]:
+                return patch[y0 - py:y1 - py, x0 - px:x1 - px]
+        out = region_rgb(self.source, x0, y0, x1, y1)  # a new array: patches go straight in
+        for px, py, patch in over:
+            ix0, iy0 = max(x0, px), max(y0, py)
+            ix1, iy1 = min(x1, px + patch.shape[1]), min(y1, py + patch.shape[0])
+            out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = patch[iy0 - py:iy1 - py, ix0 - px:ix1 - px]
+        return out
+
+    def grey(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0) uint8 brightness of a box: the decoded luma for lazy frames, RGB -> grey
+        otherwise (see :class:`stream.pixels.Pixels`)."""
+        if self.lazy and not any(_intersects(p, x0, y0, x1, y1) for p in self._patches):
+            assert self.source is not None
+            return luma(self.source, x0, y0, x1, y1)
+        return cv2.cvtColor(np.ascontiguousarray(self.rgb(x0, y0, x1, y1)), cv2.COLOR_RGB2GRAY)
+
+    def samples(self, x0: int, y0: int, x1: int, y1: int, step: int) -> np.ndarray:
+        """int16 brightness on a sparse grid of a box (see :class:`stream.pixels.Pixels`)."""
+        if self.lazy and not any(_intersects(p, x0, y0, x1, y1) for p in self._patches):
+            assert self.source is not None
+            y = plane_view(self.source.planes[0])
+            return y[y0 + step // 2:y1:step, x0 + step // 2:x1:step].astype(np.int16)
+        return self.image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+
+    def write(self, x0: int, y0: int, pixels: np.ndarray) -> None:
+        """Put (h, w, 3) uint8 RGB ``pixels`` at ``(x0, y0)``; a lazy frame keeps them as a patch (owned
+        from now on: do not write into ``pixels`` afterwards). Does not touch ``dirty``/``modified``."""
+        if self.lazy:
+            self._patches.append((x0, y0, pixels))
+        else:
+            h, w = pixels.shape[:2]
+            self.image[y0:y0 + h, x0:x0 + w] = pixels
+
+
+def _intersects(patch: tuple[int, int, np.ndarray], x0: int, y0: int, x1: int, y1: int) -> bool:
+    px, py, p = patch
+    return px < x1 and x0 < px + p.shape[1] and py < y1 and y0 < py + p.shape[0]
 
 
 @dataclass(frozen=True)
@@ -157,6 +276,30 @@ class CropTransform:
             return image[y0:y0 + h, x0:x0 + w].copy()
         return cv2.warpAffine(image, self.matrix, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT101)
+
+    def paste_region(self, frame: Frame, base: np.ndarray, crop: np.ndarray,
+                     alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+        """:meth:`paste` of a region crop into ``frame`` (lazy or not), compositing onto ``base``, the crop's
+        pixels as they were extracted, unless an earlier paste wrote into the box since.
+
+        The changed box is widened to even frame pixels inside the crop, so that a lazy frame's sink
+        finds it whole in one patch. Returns the box, or None when ``alpha`` is all zero.
+        """
+        box = _nonzero_box(alpha)
+        if box is None:
+            return None
+        ox, oy = self.origin
+        w, h = self.size
+        x0, y0 = max(ox, (ox + box[0]) & ~1), max(oy, (oy + box[1]) & ~1)
+        x1, y1 = min(ox + w, ox + box[2] + ((ox + box[2]) & 1)), min(oy + h, oy + box[3] + ((oy + box[3]) & 1))
+        win = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+        if any(dx0 < x1 and x0 < dx1 and dy0 < y1 and y0 < dy1 for dx0, dy0, dx1, dy1 in frame.dirty):
+            dst = frame.rgb(x0, y0, x1, y1).copy()  # another face was pasted here: composite onto that
+        else:
+            dst = base[win].copy()
+        _composite(dst, crop[win], alpha[win])
+        frame.write(x0, y0, dst)
+        return x0, y0, x1, y1
 
     def paste(self, image: np.ndarray, crop: np.ndarray, alpha: np.ndarray) -> tuple[int, int, int, int] | None:
         """Composite ``crop`` into ``image`` in place with per-pixel ``alpha`` in [0, 1] (crop-sized).

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from stream.pixels import Pixels, as_pixels
+
 __all__ = ["CHECK_POINTS", "CROP_FACE_PX", "RIGID_POINTS", "FlowLimits", "LandmarkFlow"]
 
 CROP_FACE_PX = 72.0
@@ -160,8 +162,9 @@ class LandmarkFlow:
         self._key = None
         self.since_keyframe = 0
 
-    def keyframe(self, image: np.ndarray, landmarks: np.ndarray) -> None:
-        """Start from ``landmarks`` ((478, 3), stored pixels), which the network found in ``image``."""
+    def keyframe(self, image: np.ndarray | Pixels, landmarks: np.ndarray) -> None:
+        """Start from ``landmarks`` ((478, 3), stored pixels), which the network found in ``image`` (RGB or
+        :class:`~stream.pixels.Pixels`; the same kind for every frame of one face)."""
         key = np.asarray(landmarks, dtype=np.float32)
         xy = key[self._indices, :2].astype(np.float64)
         centre = key[:, :2].mean(axis=0).astype(np.float64)
@@ -194,7 +197,7 @@ class LandmarkFlow:
                 self._patches.append((np.array([x0, y0], np.float64), self._grey[y0:y1, x0:x1].copy()))
         self.since_keyframe = 0
 
-    def propagate(self, image: np.ndarray) -> np.ndarray | None:
+    def propagate(self, image: np.ndarray | Pixels) -> np.ndarray | None:
         """The keyframe mesh moved to ``image`` ((478, 3) float32), or None when it cannot be trusted.
 
         ``image`` is the next frame after the last :meth:`keyframe` or successful :meth:`propagate`
@@ -285,17 +288,18 @@ class LandmarkFlow:
         # Pixel centres: the resize maps stored x to (x + 0.5) * scale - 0.5 in the crop.
         return (((pts - origin) + 0.5) * self._scale - 0.5).astype(np.float32)
 
-    def _crop(self, image: np.ndarray, pts: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, image: np.ndarray | Pixels, pts: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grey crop of the keyframe's size centred on ``pts`` moved by ``velocity``, at ``self._scale``.
 
         Lucas-Kanade needs both images of one size, so the box only moves (kept inside the frame).
         """
+        image = as_pixels(image)
         h, w = image.shape[:2]
         bw, bh = min(w, self._box[0]), min(h, self._box[1])
         cx, cy = (pts.min(axis=0) + pts.max(axis=0)) / 2 + velocity
         x0 = int(min(max(round(cx - bw / 2), 0), w - bw))
         y0 = int(min(max(round(cy - bh / 2), 0), h - bh))
-        grey = cv2.cvtColor(image[y0:y0 + bh, x0:x0 + bw], cv2.COLOR_RGB2GRAY)
+        grey = image.grey(x0, y0, x0 + bw, y0 + bh)
         if self._scale < 1.0:  # fx/fy (not a size) so that the mapping is exactly the scale
             grey = cv2.resize(grey, None, fx=self._scale, fy=self._scale, interpolation=cv2.INTER_AREA)
         return grey, np.array([float(x0), float(y0)])

@@ -61,6 +61,7 @@ from stream.exceptions import EndOfStream, FacestreamError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pipeline import PipelineStats, run_pipeline
+from stream.pixels import plane_view
 from stream.sources import PacketChannel, VideoFileSource
 
 logger = logging.getLogger(__name__)
@@ -108,12 +109,6 @@ def synthetic_marks(metadata: Mapping[str, str] | None = None) -> dict[str, str]
 def is_isobmff(container: OutputContainer) -> bool:
     """MP4/MOV family: custom metadata keys are written only with ``movflags=+use_metadata_tags``."""
     return bool(set(container.format.name.split(",")) & _ISOBMFF_MUXERS)
-
-
-def _plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """A writable (height, width) uint8 view of one plane of a frame (its rows are ``line_size`` apart)."""
-    rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-    return rows[:plane.height, :plane.width]
 
 
 @dataclass(frozen=True)
@@ -434,22 +429,22 @@ class VideoFileSink:
         """
         src = frame.source
         if (not frame.dirty or src is None or src.format.name != self._pix_fmt or self._pix_fmt not in _PLANAR_420
-                or src.width % 2 or src.height % 2 or frame.image.shape[:2] != (src.height, src.width)):
+                or src.width % 2 or src.height % 2 or (frame.height, frame.width) != (src.height, src.width)):
             return None
         h, w = src.height, src.width
         # One copy of the decoded planes into a fresh frame (the decoder may still reference its own
         # buffers), then the regions are written straight into that frame's planes.
         vf = av.VideoFrame(w, h, self._pix_fmt)
-        y_plane, u_plane, v_plane = (_plane_view(d) for d in vf.planes)
+        y_plane, u_plane, v_plane = (plane_view(d) for d in vf.planes)
         for dst, plane in zip((y_plane, u_plane, v_plane), src.planes, strict=True):
-            dst[:] = _plane_view(plane)
+            dst[:] = plane_view(plane)
         for x0, y0, x1, y1 in frame.dirty:
             # Chroma is shared by 2x2 pixels: widen the region to even bounds.
             x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
             x1, y1 = min(w, x1 + (x1 & 1)), min(h, y1 + (y1 & 1))
             if x1 <= x0 or y1 <= y0:
                 continue
-            roi = self._from_rgb(np.ascontiguousarray(frame.image[y0:y1, x0:x1])).to_ndarray()
+            roi = self._from_rgb(np.ascontiguousarray(frame.rgb(x0, y0, x1, y1))).to_ndarray()
             ry, ru, rv = _split_420(roi, y1 - y0, x1 - x0)
             y_plane[y0:y1, x0:x1] = ry
             u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru

@@ -60,6 +60,7 @@ from stream.exceptions import (
 )
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.pixels import lazy_capable, rgb_image
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -452,16 +453,6 @@ def _iter_decoded(
         raise _Cut(f"the file is cut short after frame {decoded}")
 
 
-def rgb_image(vframe: av.VideoFrame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded frame, with the frame's own range (JPEG/MPEG) and matrix.
-
-    Every decoded frame that enters the pipeline (files, cameras, WebRTC) goes through here. threads=1:
-    swscale's slice threading is several times slower than one thread for this conversion (0.6 vs 4 ms
-    at 720p measured here).
-    """
-    return vframe.to_ndarray(format="rgb24", src_color_range=vframe.color_range, threads=1)
-
-
 def yuv420_frame(image: np.ndarray) -> av.VideoFrame:
     """An RGB image as a yuv420p ``VideoFrame`` for an encoder, converted on one thread (see above)."""
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
@@ -469,9 +460,10 @@ def yuv420_frame(image: np.ndarray) -> av.VideoFrame:
 
 
 def _make_frame(vframe: av.VideoFrame, index: int, time_base: Fraction, decode_s: float) -> Frame:
+    # 4:2:0 frames stay YUV: what reads them converts the boxes it needs (stream.pixels). Other formats
+    # are converted whole here, on the decode thread.
     t0 = time.perf_counter()
-    # The sink converts modified frames back with the same range and matrix.
-    image = rgb_image(vframe)
+    image = None if lazy_capable(vframe) else rgb_image(vframe)
     return Frame(
         index=index,
         image=image,

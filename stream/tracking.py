@@ -52,6 +52,7 @@ from stream.exceptions import InputError
 from stream.filters import OneEuroConfig, OneEuroFilter
 from stream.frames import Frame, TrackedFace
 from stream.landmark_flow import LandmarkFlow
+from stream.pixels import Pixels, as_pixels
 from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
 
 logger = logging.getLogger(__name__)
@@ -170,12 +171,16 @@ def _check_rotation(rotation: int) -> int:
     return r
 
 
-def _check_image(image: np.ndarray) -> None:
+def _pixels(image: np.ndarray | Pixels) -> Pixels:
+    """``image`` checked and as :class:`Pixels`: an (H, W, 3) uint8 RGB array, or pixels (a frame)."""
+    if isinstance(image, Pixels):
+        return image
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
             and image.dtype == np.uint8):
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", None)
         raise InputError(f"image must be an (H, W, 3) uint8 RGB array; got shape {shape} dtype {dtype}")
+    return as_pixels(image)
 
 
 def _affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -291,7 +296,7 @@ class _MeshRunner:
         value = getter.get_proto(packet) if stream == "landmarks" else getter.get_float(packet)
         self._out[stream][packet.timestamp.value] = value
 
-    def run(self, image: np.ndarray, rois: list[_Roi]) -> list[tuple[np.ndarray | None, float]]:
+    def run(self, image: Pixels, rois: list[_Roi]) -> list[tuple[np.ndarray | None, float]]:
         """Landmarks ``(478, 3)`` in ``image`` pixels (None when nothing came back) and presence per ROI."""
         mp = self._mp
         h, w = image.shape[:2]
@@ -304,7 +309,7 @@ class _MeshRunner:
                 continue
             x0, y0, x1, y1 = box
             # Only the ROI's box is copied (the packet needs contiguous memory), never the frame.
-            crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+            crop = np.ascontiguousarray(image.rgb(x0, y0, x1, y1))
             cw, ch = x1 - x0, y1 - y0
             rect = self._rect(x_center=(roi.cx - x0) / cw, y_center=(roi.cy - y0) / ch,
                               width=roi.size / cw, height=roi.size / ch, rotation=roi.angle)
@@ -422,11 +427,11 @@ class _Detector:
                       for x in _tile_starts(width, side) if (side, side) != (width, height)]
         return boxes
 
-    def detect_region(self, image: np.ndarray, box: _Box, rotation: int) -> list[_Detection]:
+    def detect_region(self, image: Pixels, box: _Box, rotation: int) -> list[_Detection]:
         x0, y0, x1, y1 = box
         rw, rh = x1 - x0, y1 - y0
         factor = max(1, max(rw, rh) // _DETECT_SIDE)
-        region = image[y0:y1, x0:x1]
+        region = image.rgb(x0, y0, x1, y1)
         if factor > 1:
             region = cv2.resize(region, (max(1, rw // factor), max(1, rh // factor)),
                                 interpolation=cv2.INTER_AREA)
@@ -453,7 +458,7 @@ class _Detector:
                                     pts[2], pts[3], float(det.score[0])))
         return found
 
-    def detect_near(self, image: np.ndarray, box: tuple[float, float, float, float],
+    def detect_near(self, image: Pixels, box: tuple[float, float, float, float],
                     rotation: int) -> list[_Detection]:
         """Detections in a square 2.5x the size of ``box`` around it (to re-find a lost face)."""
         h, w = image.shape[:2]
@@ -465,7 +470,7 @@ class _Detector:
             return []
         return self.detect_region(image, region, rotation)
 
-    def detect(self, image: np.ndarray, rotation: int) -> list[_Detection]:
+    def detect(self, image: Pixels, rotation: int) -> list[_Detection]:
         """Detections over all regions, overlapping ones merged (best score kept)."""
         h, w = image.shape[:2]
         found = [d for box in self.regions(w, h) for d in self.detect_region(image, box, rotation)]
@@ -547,17 +552,18 @@ class FaceTracker:
 
     # -- public API ------------------------------------------------------------------------------
 
-    def track(self, image: np.ndarray, *, rotation: int = 0,
+    def track(self, image: np.ndarray | Pixels, *, rotation: int = 0,
               timestamp: float | None = None) -> list[TrackedFace]:
         """Faces of the next frame of a stream, with stable ids and smoothed landmarks.
 
-        ``image``: (H, W, 3) uint8 RGB in stored orientation. ``rotation``: display rotation in degrees
+        ``image``: (H, W, 3) uint8 RGB in stored orientation, or :class:`~stream.pixels.Pixels` (a
+        :class:`~stream.frames.Frame`, which converts only the boxes read). ``rotation``: display rotation in degrees
         counter-clockwise (0, 90, 180, 270). ``timestamp``: seconds (e.g. ``pts * time_base``), which
         drives the smoothing; None counts frames at 30 per second. Landmarks come back in stored pixels,
         poses are relative to the upright (displayed) image.
         """
         self._check_open()
-        _check_image(image)
+        image = _pixels(image)
         rotation = _check_rotation(rotation)
         cfg = self.config
         t = float(timestamp) if timestamp is not None else self._frame_count / 30.0
@@ -656,7 +662,7 @@ class FaceTracker:
         self.last_timings = timings
         return faces
 
-    def detect(self, image: np.ndarray, *, rotation: int = 0,
+    def detect(self, image: np.ndarray | Pixels, *, rotation: int = 0,
                max_faces: int | None = None) -> list[TrackedFace]:
         """One-shot detection over all regions at once, without tracking state or smoothing.
 
@@ -664,7 +670,7 @@ class FaceTracker:
         from its own ROI. ``max_faces`` defaults to the config's.
         """
         self._check_open()
-        _check_image(image)
+        image = _pixels(image)
         rotation = _check_rotation(rotation)
         limit = self.config.max_faces if max_faces is None else max_faces
         h, w = image.shape[:2]
@@ -676,7 +682,7 @@ class FaceTracker:
     def __call__(self, frame: Frame) -> Frame:
         """Fill ``frame.faces`` (adapter for :class:`stream.tracks.ProcessorTrack`)."""
         ts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-        frame.faces = self.track(frame.image, rotation=frame.rotation, timestamp=ts)
+        frame.faces = self.track(frame, rotation=frame.rotation, timestamp=ts)
         return frame
 
     def reset(self) -> None:
@@ -704,17 +710,15 @@ class FaceTracker:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _samples(self, image: np.ndarray, box: _Box) -> np.ndarray:
-        """A sparse grid of green values over ``box``: enough to notice a face arriving."""
-        step = self._sample_step(image)
-        x0, y0, x1, y1 = box
-        return image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+    def _samples(self, image: Pixels, box: _Box) -> np.ndarray:
+        """A sparse grid of brightness over ``box``: enough to notice a face arriving."""
+        return image.samples(*box, self._sample_step(image))
 
     @staticmethod
-    def _sample_step(image: np.ndarray) -> int:
+    def _sample_step(image: Pixels) -> int:
         return max(2, min(image.shape[:2]) // _CHANGE_GRID)
 
-    def _changed(self, image: np.ndarray, box: _Box, rotation: int) -> bool:
+    def _changed(self, image: Pixels, box: _Box, rotation: int) -> bool:
         """Whether ``box`` may hold a face the detector has not seen there yet.
 
         The detector is deterministic: on the pixels it already saw (tracked faces, which may move,
@@ -745,7 +749,7 @@ class FaceTracker:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _keyframe(self, image: np.ndarray, track: _Track) -> None:
+    def _keyframe(self, image: Pixels, track: _Track) -> None:
         """The network just meshed ``track``: optical flow carries it from here (unless backing off)."""
         if track.flow_wait > 0:
             track.flow_wait -= 1
@@ -767,7 +771,7 @@ class FaceTracker:
                            pose=estimate_pose(pts, image_size=(w, h), rotation=rotation),
                            score=float(min(max(score, 0.0), 1.0)))
 
-    def _meshes_from_detections(self, image: np.ndarray, detections: list[_Detection], limit: int,
+    def _meshes_from_detections(self, image: Pixels, detections: list[_Detection], limit: int,
                                 refine_steps: int = 1) -> list[tuple[np.ndarray, float]]:
         """Meshes of the largest detections (at most ``limit``), each ROI refined from its mesh."""
         cfg = self.config
@@ -794,7 +798,7 @@ class FaceTracker:
                 break
         return out
 
-    def _revive(self, image: np.ndarray, track: _Track, detections: list[_Detection]) -> None:
+    def _revive(self, image: Pixels, track: _Track, detections: list[_Detection]) -> None:
         """Give ``track`` the detected face nearest its last position, unless another track has it."""
         last = _bbox(track.raw)
         others = [_bbox(tr.raw) for tr in self._tracks if not tr.lost]
@@ -811,7 +815,7 @@ class FaceTracker:
                 track.filter.reset()  # it jumped: do not drag the old position along
             logger.debug("track %d re-found", track.track_id)
 
-    def _add_new(self, image: np.ndarray, detections: list[_Detection]) -> None:
+    def _add_new(self, image: Pixels, detections: list[_Detection]) -> None:
         """Start tracks for detections that no track covers, while there is room."""
         cfg = self.config
         fresh = [d for d in detections

@@ -80,8 +80,11 @@ class CropSpec:
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         if self.size is None:
             hw, hh = (x1 - x0) * self.scale / 2, (y1 - y0) * self.scale / 2
-            rx0, ry0 = max(0, int(np.floor(cx - hw))), max(0, int(np.floor(cy - hh)))
-            rx1, ry1 = min(frame_w, int(np.ceil(cx + hw))), min(frame_h, int(np.ceil(cy + hh)))
+            # Even bounds (where the frame allows): 4:2:0 chroma is shared by 2x2 pixels, so a pasted box
+            # of an even region goes back into the decoded planes without touching pixels around it.
+            rx0, ry0 = max(0, int(np.floor(cx - hw)) & ~1), max(0, int(np.floor(cy - hh)) & ~1)
+            rx1 = min(frame_w, _even_up(int(np.ceil(cx + hw))))
+            ry1 = min(frame_h, _even_up(int(np.ceil(cy + hh))))
             if rx1 - rx0 < 8 or ry1 - ry0 < 8:
                 return None
             return CropTransform.region(rx0, ry0, rx1, ry1)
@@ -91,6 +94,10 @@ class CropSpec:
         s = self.size / side
         m = np.array([[s, 0.0, self.size / 2 - s * cx], [0.0, s, self.size / 2 - s * cy]], np.float64)
         return CropTransform(m, (self.size, self.size))
+
+
+def _even_up(x: int) -> int:
+    return x + (x & 1)
 
 
 def select_faces(faces: Sequence[TrackedFace], selection: FaceSelection) -> list[TrackedFace]:
@@ -127,8 +134,14 @@ class StageChain:
             tf = self.crop.transform(face, frame.width, frame.height)
             if tf is None:
                 continue
+            if tf.is_region:  # a lazy frame converts just this box
+                (x0, y0), (w, h) = tf.origin, tf.size
+                image = frame.rgb(x0, y0, x0 + w, y0 + h).copy()
+            else:
+                image = tf.extract(frame.image)
+            image.setflags(write=False)  # stages read the target crop; paste composites onto it
             work.append(FaceWork(
-                target=face, crop=tf, image=tf.extract(frame.image),
+                target=face, crop=tf, image=image,
                 landmarks=tf.points_to_crop(face.landmarks),
                 source=self.bank.nearest(face.pose)[0], frame_index=frame.index,
             ))
@@ -152,7 +165,10 @@ class StageChain:
         for w in work:
             if w.output is None or w.alpha is None:
                 raise RuntimeError("the blend stage left no output/alpha")
-            region = w.crop.paste(frame.image, w.output, w.alpha)
+            if w.crop.is_region:
+                region = w.crop.paste_region(frame, w.image, w.output, w.alpha)
+            else:
+                region = w.crop.paste(frame.image, w.output, w.alpha)
             if region is not None:
                 frame.dirty.append(region)
         frame.timings["paste"] = time.perf_counter() - t0

@@ -1,0 +1,147 @@
+"""Lazy RGB frames: boxes of decoded 4:2:0 frames are converted on demand, bit-exact with the whole
+frame, pastes are kept as patches, and a chain run on a lazy frame gives what it gives on the RGB frame."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from mediautil import write_face_clip
+from stream.frames import Frame
+from stream.pixels import ArrayPixels, Pixels, lazy_capable, region_rgb, rgb_image
+from stream.sources import read_video_frames
+from stream.stages import default_chain
+from stream.stages.base import SourceBank
+from stream.swap import largest_source_face
+from stream.tracking import FaceTracker, TrackerConfig
+
+
+def decoded(width: int = 96, height: int = 64, *, full_range: bool = False, colorspace: int | None = None,
+            seed: int = 0) -> av.VideoFrame:
+    """A 4:2:0 frame with independent random Y, U and V samples (chroma differs in every 2x2 cell)."""
+    rng = np.random.default_rng(seed)
+    vf = av.VideoFrame(width, height, "yuv420p")
+    for plane in vf.planes:
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        rows[:plane.height, :plane.width] = rng.integers(16, 240, (plane.height, plane.width), np.uint8)
+    vf.color_range = 2 if full_range else 1
+    if colorspace is not None:
+        vf.colorspace = colorspace
+    return vf
+
+
+BOXES = [(0, 0, 96, 64), (1, 1, 9, 9), (10, 7, 33, 40), (95, 63, 96, 64), (37, 0, 80, 63), (0, 11, 1, 12)]
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+@pytest.mark.parametrize("colorspace", [None, 1])  # unspecified (BT.601), BT.709
+def test_a_box_converts_exactly_as_the_same_box_of_the_whole_frame(full_range, colorspace):
+    vf = decoded(full_range=full_range, colorspace=colorspace)
+    whole = rgb_image(vf)
+    for x0, y0, x1, y1 in BOXES:
+        box = region_rgb(vf, x0, y0, x1, y1)
+        assert box.shape == (y1 - y0, x1 - x0, 3)
+        assert np.array_equal(box, whole[y0:y1, x0:x1]), (x0, y0, x1, y1)
+
+
+def test_the_matrix_and_range_are_the_frames_own():
+    a, b = rgb_image(decoded(colorspace=1)), rgb_image(decoded(colorspace=5))
+    assert not np.array_equal(a, b), "BT.709 and BT.601 must convert differently (else the test above is empty)"
+    assert not np.array_equal(rgb_image(decoded(full_range=True)), rgb_image(decoded(full_range=False)))
+
+
+def test_lazy_frame_reads_match_the_whole_image_and_patches_win():
+    vf = decoded()
+    whole = rgb_image(vf)
+    frame = Frame(index=0, source=vf)
+    assert frame.lazy and frame.shape == (64, 96, 3) and isinstance(frame, Pixels)
+    assert np.array_equal(frame.rgb(10, 7, 33, 40), whole[7:40, 10:33])
+    patch = np.full((10, 12, 3), 200, np.uint8)
+    frame.write(20, 20, patch)
+    second = np.full((4, 4, 3), 9, np.uint8)
+    frame.write(30, 28, second)  # overlaps the first: written later, it wins
+    expected = whole.copy()
+    expected[20:30, 20:32] = 200
+    expected[28:32, 30:34] = 9
+    assert frame.lazy, "writing keeps the frame lazy"
+    for box in [(0, 0, 96, 64), (18, 18, 40, 40), (21, 21, 25, 25), (31, 29, 33, 31), (50, 50, 60, 60)]:
+        x0, y0, x1, y1 = box
+        assert np.array_equal(frame.rgb(*box), expected[y0:y1, x0:x1]), box
+    assert np.array_equal(frame.image, expected), "the whole image has the patches"
+    assert not frame.lazy
+    frame.write(0, 0, np.zeros((2, 2, 3), np.uint8))
+    assert frame.image[:2, :2].max() == 0, "after that, writes go to the image"
+
+
+def test_grey_and_samples_follow_the_brightness():
+    # A smooth image, so 4:2:0 subsampling does not matter: luma must track RGB -> grey closely.
+    y, x = np.mgrid[0:64, 0:96]
+    rgb = np.stack([(x * 2.5), (y * 3.5), (x + y) * 1.5], -1).clip(0, 255).astype(np.uint8)
+    vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
+    frame = Frame(index=0, source=vf)
+    assert frame.lazy
+    ref = cv2.cvtColor(rgb_image(vf), cv2.COLOR_RGB2GRAY).astype(int)
+    grey = frame.grey(5, 6, 70, 50).astype(int)
+    assert grey.shape == (44, 65)
+    assert np.abs(grey - ref[6:50, 5:70]).max() <= 3
+    arr = ArrayPixels(rgb_image(vf))
+    assert np.array_equal(arr.grey(5, 6, 70, 50), ref[6:50, 5:70])
+    s = frame.samples(0, 0, 96, 64, 8)
+    assert s.shape == (8, 12) and s.dtype == np.int16
+    assert np.corrcoef(s.ravel(), ref[4::8, 4::8].ravel())[0, 1] > 0.99  # luma, as grey
+    assert np.array_equal(arr.samples(0, 0, 96, 64, 8), rgb_image(vf)[4::8, 4::8, 1])  # RGB arrays: green
+
+
+def test_other_pixel_formats_are_converted_whole():
+    vf = decoded().reformat(format="yuv444p")
+    assert not lazy_capable(vf)
+    odd = av.VideoFrame(95, 63, "yuv420p")
+    assert not lazy_capable(odd)
+
+
+def test_a_frame_needs_pixels():
+    with pytest.raises(ValueError, match="image or a decoded source"):
+        Frame(index=0)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_face_clip(tmp_path_factory.mktemp("pixels") / "clip.mp4", frames=12, audio=False,
+                           empty_head=1, empty_tail=1, time_base=Fraction(1, 30))
+
+
+def test_tracking_and_the_chain_give_the_same_swap_on_lazy_and_rgb_frames(clip):
+    """File sources now hand out lazy frames: the swap must not change (up to the tracker's brightness,
+    which lazy frames take from the decoded luma) and nothing but the pasted boxes is converted."""
+    from skimage import data
+
+    lazy = list(read_video_frames(clip))
+    assert all(f.lazy for f in lazy)
+    eager = [Frame(index=f.index, image=rgb_image(f.source), pts=f.pts, source=f.source) for f in lazy]
+    sf = largest_source_face(np.ascontiguousarray(data.astronaut()))
+    assert sf is not None
+    for frames in (lazy, eager):
+        with FaceTracker(TrackerConfig()) as tracker:
+            for f in frames:
+                tracker(f)
+    for a, b in zip(lazy, eager, strict=True):
+        assert len(a.faces) == len(b.faces)
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            assert np.abs(fa.landmarks[:, :2] - fb.landmarks[:, :2]).mean() < 1.0
+        b.faces = a.faces  # the same landmarks for both, so that the chain is compared alone
+    results = []
+    for frames in (lazy, eager):
+        chain = default_chain()
+        chain.set_source(SourceBank([sf]))
+        results.append([chain(f) for f in frames])
+    faced = [f for f in results[0] if f.faces]
+    assert len(faced) >= 8
+    for a, b in zip(*results, strict=True):
+        assert a.dirty == b.dirty
+        assert a.lazy, "a swapped file frame stays lazy: only its pasted boxes exist as RGB"
+        assert np.array_equal(a.image, b.image)

@@ -432,25 +432,27 @@ class VideoFileSink:
                 or src.width % 2 or src.height % 2 or (frame.height, frame.width) != (src.height, src.width)):
             return None
         h, w = src.height, src.width
-        # One copy of the decoded planes into a fresh frame (the decoder may still reference its own
-        # buffers), then the regions are written straight into that frame's planes.
-        vf = av.VideoFrame(w, h, self._pix_fmt)
-        y_plane, u_plane, v_plane = (plane_view(d) for d in vf.planes)
-        for dst, plane in zip((y_plane, u_plane, v_plane), src.planes, strict=True):
-            dst[:] = plane_view(plane)
+        boxes = []
         for x0, y0, x1, y1 in frame.dirty:
             # Chroma is shared by 2x2 pixels: widen the region to even bounds.
             x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
             x1, y1 = min(w, x1 + (x1 & 1)), min(h, y1 + (y1 & 1))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            roi = self._from_rgb(np.ascontiguousarray(frame.rgb(x0, y0, x1, y1))).to_ndarray()
-            ry, ru, rv = _split_420(roi, y1 - y0, x1 - x0)
+            if x1 > x0 and y1 > y0:
+                # Every box is read before any is written: a lazy frame reads around its patches from
+                # the planes written below.
+                boxes.append((x0, y0, x1, y1, np.ascontiguousarray(frame.rgb(x0, y0, x1, y1))))
+        # The regions go straight into the decoded frame's planes. The decoder may still hold them as a
+        # reference picture: make_writable copies them then, and by the time a frame has come through
+        # the pipeline's queues the decoder has usually let go (no copy).
+        vf = src
+        vf.make_writable()
+        vf.pict_type = PictureType.NONE
+        y_plane, u_plane, v_plane = (plane_view(d) for d in vf.planes)
+        for x0, y0, x1, y1, rgb in boxes:
+            ry, ru, rv = _split_420(self._from_rgb(rgb).to_ndarray(), y1 - y0, x1 - x0)
             y_plane[y0:y1, x0:x1] = ry
             u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
             v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
-        vf.color_range = src.color_range
-        vf.colorspace = src.colorspace
         return vf
 
     def _mux_copies(self) -> None:

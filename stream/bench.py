@@ -22,8 +22,10 @@ async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> di
     from stream.sinks import transcode_stats
 
     stats = await transcode_stats(input, output, encode_settings(options))
+    d = stats.as_dict()
     return {"frames": stats.frames, "seconds": round(stats.wall_seconds, 4), "fps": round(stats.fps, 3),
-            "ms_per_frame": stats.as_dict()["ms_per_frame"]}
+            "cpu_ms_per_frame": d["cpu_ms_per_frame"], "cores_busy": d["cores_busy"],
+            "ms_per_frame": d["ms_per_frame"]}
 
 
 async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwargs: Any) -> dict[str, Any]:
@@ -48,8 +50,8 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
         "repeat": repeat,
         "transcode_floor": floor,
-        "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "ms_per_frame",
-                                       "setup_seconds")},
+        "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
+                                       "cores_busy", "ms_per_frame", "setup_seconds")},
         "ratio_to_floor": round(swap["fps"] / floor["fps"], 3) if floor["fps"] else None,
     }
 
@@ -69,8 +71,12 @@ def format_swap_table(result: dict[str, Any]) -> str:
         f, s = (_ms(r["ms_per_frame"].get(step)) for r in (floor, swap))
         lines.append(f"{step:<16}{f:>16}{s:>16}")
     lines.append(f"{'end-to-end fps':<16}{floor['fps']:>16.2f}{swap['fps']:>16.2f}")
+    lines.append(f"{'cpu ms/frame':<16}{floor['cpu_ms_per_frame']:>16.2f}{swap['cpu_ms_per_frame']:>16.2f}")
+    lines.append(f"{'cores busy':<16}{floor['cores_busy']:>16.2f}{swap['cores_busy']:>16.2f}")
     lines.append(f"swap / transcode floor: {result['ratio_to_floor']:.3f}  "
                  f"({swap['frames']} frames, {swap['frames_with_faces']} with faces)")
+    lines.append("cpu: the whole process, every thread (encoder, decoder and MediaPipe threads included); "
+                 f"{result['machine']['cpus']} cores available.")
     lines.append("step times overlap (decode, track, swap, encode run concurrently on their own threads), "
                  "so they do not add up to 1000/fps.")
     return "\n".join(lines)

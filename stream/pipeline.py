@@ -55,6 +55,9 @@ class PipelineStats:
     step_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     """Seconds per step (decode, track, stages, paste...) summed over frames."""
     wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of the whole process (every thread, libraries' own included) while the run lasted: what
+    the run cost on a machine whose cores it shares with nothing else."""
     sink: Any = None
 
     def add(self, frame: Frame) -> None:
@@ -87,6 +90,9 @@ class PipelineStats:
             "max_faces_in_frame": self.max_faces_in_frame,
             "wall_seconds": round(self.wall_seconds, 4),
             "fps": round(self.fps, 3),
+            "cpu_seconds": round(self.cpu_seconds, 4),
+            "cpu_ms_per_frame": round(1000 * self.cpu_seconds / max(self.frames, 1), 3),
+            "cores_busy": round(self.cpu_seconds / self.wall_seconds, 3) if self.wall_seconds > 0 else 0.0,
             "ms_per_frame": {k: round(1000 * v / max(self.frames, 1), 3) for k, v in sorted(steps.items())},
         }
 
@@ -104,7 +110,7 @@ async def run_pipeline(
     release resources owned outside the tracks.
     """
     stats = PipelineStats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         while True:
             try:
@@ -126,4 +132,5 @@ async def run_pipeline(
         if stop is not None:
             stop()
         stats.wall_seconds = time.perf_counter() - t0
+        stats.cpu_seconds = time.process_time() - c0
     return stats

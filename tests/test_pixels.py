@@ -10,8 +10,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from mediautil import write_face_clip
+
 from stream.frames import Frame
 from stream.pixels import ArrayPixels, Pixels, lazy_capable, region_rgb, rgb_image
 from stream.sources import read_video_frames

@@ -191,6 +191,10 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     assert {"decode", "track", "mesh_warp", "mesh_segment", "inpaint", "blend_poisson", "encode"} <= set(
         swap["ms_per_frame"])
     assert swap["frames_with_faces"] > 0
+    # The process's CPU time: the swap does everything the floor does and more.
+    assert 0 < floor["cpu_ms_per_frame"] < swap["cpu_ms_per_frame"]
+    assert floor["cores_busy"] > 0 and swap["cores_busy"] > 0
+    assert "cpu ms/frame" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # its videos went to a temp dir
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
+import av
+import av.video.frame
 import cv2
 import numpy as np
 
-from stream.pixels import lazy_capable, luma, plane_view, region_rgb, rgb_image
-
-if TYPE_CHECKING:
-    import av
+from stream.pixels import lazy_capable, luma, plane_view, region_rgb, rgb_image, write_back, yuv420_frame
 
 
 @dataclass(frozen=True)
@@ -196,6 +194,22 @@ class Frame:
             y = plane_view(self.source.planes[0])
             return y[y0 + step // 2:y1:step, x0 + step // 2:x1:step].astype(np.int16)
         return self.image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+
+    def to_yuv420(self) -> av.VideoFrame:
+        """The frame as a 4:2:0 ``VideoFrame`` for an encoder (pts not set; frame type left to the encoder).
+
+        The decoded ``source`` itself when no stage changed the frame; the source with only the ``dirty``
+        boxes converted back into its planes when that is all that changed (written in place: the frame
+        is done with once encoded); otherwise the whole RGB image, converted.
+        """
+        src = self.source
+        reusable = src is not None and lazy_capable(src) and (src.height, src.width) == (self.height, self.width)
+        if reusable and (not self.modified or self.dirty):
+            assert src is not None
+            vf = write_back(src, self.dirty, self.rgb) if self.modified else src
+            vf.pict_type = av.video.frame.PictureType.NONE
+            return vf
+        return yuv420_frame(self.image)
 
     def write(self, x0: int, y0: int, pixels: np.ndarray) -> None:
         """Put (h, w, 3) uint8 RGB ``pixels`` at ``(x0, y0)``; a lazy frame keeps them as a patch (owned

@@ -33,8 +33,8 @@ from stream.choices import FaceSelection
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFaceError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.pixels import lazy_capable, rgb_image, yuv420_frame
 from stream.sinks import is_isobmff, synthetic_marks
-from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -271,11 +271,11 @@ class CaptureSource(FrameTrack):
 
     def _to_frame(self, vf: av.VideoFrame, now: float) -> Frame:
         t0 = time.perf_counter()
-        image = rgb_image(vf)
+        image = None if lazy_capable(vf) else rgb_image(vf)  # 4:2:0 stays YUV: only boxes read are converted
         if self._t0 is None:
             self._t0 = now
         frame = Frame(index=self.stats.frames, image=image, pts=round((now - self._t0) * 90000),
-                      time_base=LIVE_TIME_BASE, capture_time=now)
+                      time_base=LIVE_TIME_BASE, capture_time=now, source=vf)
         frame.timings["decode"] = time.perf_counter() - t0
         self.stats.frames += 1
         return frame
@@ -415,8 +415,10 @@ class EncodedOutput:
     def _encode(self, frame: Frame) -> None:
         if self._container is None:
             self._open(frame)
-        image = frame.image[: self._stream.height, : self._stream.width]
-        vf = yuv420_frame(image)
+        if (frame.width, frame.height) == (self._stream.width, self._stream.height):
+            vf = frame.to_yuv420()  # the decoded planes, with only what stages pasted converted back
+        else:
+            vf = yuv420_frame(frame.image[: self._stream.height, : self._stream.width])
         pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
         pts = max(pts, self._last_pts + 1)
         vf.pts, vf.time_base = pts, Fraction(1, 1000)

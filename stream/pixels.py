@@ -13,6 +13,7 @@ around a plain RGB array.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import av
@@ -86,6 +87,12 @@ def rgb_image(vframe: av.VideoFrame) -> np.ndarray:
     return vframe.to_ndarray(format="rgb24", src_color_range=vframe.color_range, threads=1)
 
 
+def yuv420_frame(image: np.ndarray) -> av.VideoFrame:
+    """An RGB image as a yuv420p ``VideoFrame`` for an encoder, converted on one thread (see above)."""
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
+        format="yuv420p", threads=1)
+
+
 def plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A writable (height, width) uint8 view of one plane of a frame (its rows are ``line_size`` apart)."""
     rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
@@ -128,6 +135,48 @@ def region_rgb(vframe: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.
     return rgb[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
 
 
+def split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (h, w), U and V (h/2, w/2) planes of PyAV's packed 4:2:0 array (even h, w)."""
+    flat = planes.reshape(-1)
+    c = (h // 2) * (w // 2)
+    return (flat[:h * w].reshape(h, w), flat[h * w:h * w + c].reshape(h // 2, w // 2),
+            flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
+
+
+def write_back(source: av.VideoFrame, boxes: list[tuple[int, int, int, int]],
+               read: Callable[[int, int, int, int], np.ndarray],
+               from_rgb: Callable[[np.ndarray], av.VideoFrame] | None = None) -> av.VideoFrame:
+    """``source`` (a :func:`lazy_capable` decoded frame) with the RGB of ``boxes`` converted back into its
+    own planes; every other sample stays the decoder's (bit-exact). ``read(x0, y0, x1, y1)`` gives a box's
+    RGB; ``from_rgb`` converts it (default: to ``source``'s format, matrix and range).
+
+    Boxes are widened to even bounds (4:2:0 chroma is shared by 2x2 pixels) and all are read before any
+    is written, since reading a lazy frame around its patches reads these planes. The decoder may still
+    hold the planes as a reference picture: ``make_writable`` copies them then; a frame that has come
+    through a pipeline's queues has usually been let go (no copy).
+    """
+    if from_rgb is None:
+        def from_rgb(rgb: np.ndarray) -> av.VideoFrame:
+            return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format=source.format.name, dst_colorspace=source.colorspace, dst_color_range=source.color_range,
+                threads=1)
+    h, w = source.height, source.width
+    pixels = []
+    for x0, y0, x1, y1 in boxes:
+        x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
+        x1, y1 = min(w, x1 + (x1 & 1)), min(h, y1 + (y1 & 1))
+        if x1 > x0 and y1 > y0:
+            pixels.append((x0, y0, x1, y1, np.ascontiguousarray(read(x0, y0, x1, y1))))
+    source.make_writable()
+    y_plane, u_plane, v_plane = (plane_view(d) for d in source.planes)
+    for x0, y0, x1, y1, rgb in pixels:
+        ry, ru, rv = split_420(from_rgb(rgb).to_ndarray(), y1 - y0, x1 - x0)
+        y_plane[y0:y1, x0:x1] = ry
+        u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
+        v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
+    return source
+
+
 def _expand_table() -> np.ndarray:
     """Limited-range luma (16..235) -> 0..255."""
     levels = (np.arange(256, dtype=np.float32) - 16.0) * (255.0 / 219.0)
@@ -147,4 +196,5 @@ def luma(vframe: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarra
 
 
 __all__ = ["LAZY_FORMATS", "ArrayPixels", "Pixels", "as_pixels", "lazy_capable", "luma", "plane_view", "region_rgb",
-           "rgb_image"]
+           "rgb_image", "split_420", "write_back",
+           "yuv420_frame"]

@@ -61,7 +61,7 @@ from stream.exceptions import EndOfStream, FacestreamError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pipeline import PipelineStats, run_pipeline
-from stream.pixels import plane_view
+from stream.pixels import write_back
 from stream.sources import PacketChannel, VideoFileSource
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,6 @@ _WHERE_CODECS_FIT = ".mkv holds nearly every codec; .mp4/.mov hold mov_text subt
 
 
 _PLANAR_420 = frozenset({"yuv420p", "yuvj420p"})
-
-
-def _split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of the Y (h, w), U and V (h/2, w/2) planes of PyAV's packed 4:2:0 array (even h, w)."""
-    flat = planes.reshape(-1)
-    c = (h // 2) * (w // 2)
-    return (flat[:h * w].reshape(h, w), flat[h * w:h * w + c].reshape(h // 2, w // 2),
-            flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
 
 
 def synthetic_marks(metadata: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -431,28 +423,8 @@ class VideoFileSink:
         if (not frame.dirty or src is None or src.format.name != self._pix_fmt or self._pix_fmt not in _PLANAR_420
                 or src.width % 2 or src.height % 2 or (frame.height, frame.width) != (src.height, src.width)):
             return None
-        h, w = src.height, src.width
-        boxes = []
-        for x0, y0, x1, y1 in frame.dirty:
-            # Chroma is shared by 2x2 pixels: widen the region to even bounds.
-            x0, y0 = max(0, x0 & ~1), max(0, y0 & ~1)
-            x1, y1 = min(w, x1 + (x1 & 1)), min(h, y1 + (y1 & 1))
-            if x1 > x0 and y1 > y0:
-                # Every box is read before any is written: a lazy frame reads around its patches from
-                # the planes written below.
-                boxes.append((x0, y0, x1, y1, np.ascontiguousarray(frame.rgb(x0, y0, x1, y1))))
-        # The regions go straight into the decoded frame's planes. The decoder may still hold them as a
-        # reference picture: make_writable copies them then, and by the time a frame has come through
-        # the pipeline's queues the decoder has usually let go (no copy).
-        vf = src
-        vf.make_writable()
+        vf = write_back(src, frame.dirty, frame.rgb, self._from_rgb)
         vf.pict_type = PictureType.NONE
-        y_plane, u_plane, v_plane = (plane_view(d) for d in vf.planes)
-        for x0, y0, x1, y1, rgb in boxes:
-            ry, ru, rv = _split_420(self._from_rgb(rgb).to_ndarray(), y1 - y0, x1 - x0)
-            y_plane[y0:y1, x0:x1] = ry
-            u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
-            v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
         return vf
 
     def _mux_copies(self) -> None:

@@ -453,12 +453,6 @@ def _iter_decoded(
         raise _Cut(f"the file is cut short after frame {decoded}")
 
 
-def yuv420_frame(image: np.ndarray) -> av.VideoFrame:
-    """An RGB image as a yuv420p ``VideoFrame`` for an encoder, converted on one thread (see above)."""
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
-        format="yuv420p", threads=1)
-
-
 def _make_frame(vframe: av.VideoFrame, index: int, time_base: Fraction, decode_s: float) -> Frame:
     # 4:2:0 frames stay YUV: what reads them converts the boxes it needs (stream.pixels). Other formats
     # are converted whole here, on the decode thread.

@@ -145,3 +145,48 @@ def test_tracking_and_the_chain_give_the_same_swap_on_lazy_and_rgb_frames(clip):
         assert a.dirty == b.dirty
         assert a.lazy, "a swapped file frame stays lazy: only its pasted boxes exist as RGB"
         assert np.array_equal(a.image, b.image)
+
+
+def test_to_yuv420_reuses_the_decoded_planes_and_converts_only_what_was_pasted():
+    vf = decoded(96, 64, colorspace=1)
+    vf.pict_type = av.video.frame.PictureType.I
+    original = vf.to_ndarray().copy()
+    frame = Frame(index=0, source=vf)
+    out = frame.to_yuv420()
+    assert out is vf and out.pict_type == av.video.frame.PictureType.NONE, "unmodified: the decoded frame"
+    assert np.array_equal(out.to_ndarray(), original)
+
+    frame.write(10, 6, np.full((20, 30, 3), (200, 40, 90), np.uint8))
+    frame.modified, frame.dirty = True, [(10, 6, 40, 26)]
+    expected_rgb = frame.rgb(0, 0, 96, 64).copy()
+    out = frame.to_yuv420()
+    assert out is vf
+    planes = out.to_ndarray()
+    y_new, y_old = planes[:64], original[:64]
+    changed = np.argwhere(y_new != y_old)
+    assert changed.size and changed[:, 0].min() >= 6 and changed[:, 0].max() < 26
+    assert changed[:, 1].min() >= 10 and changed[:, 1].max() < 40, "only the pasted box changed"
+    # Inside the box, the pasted colour came back (through 4:2:0 and the frame's own BT.709 matrix).
+    back = rgb_image(out)[8:24, 12:38].astype(int)
+    assert np.abs(back - expected_rgb[8:24, 12:38]).max() <= 3
+
+    whole = Frame(index=1, source=decoded(96, 64, seed=1))
+    whole.image[:] = 128  # a change nobody described by boxes: the whole image is converted
+    whole.modified = True
+    out = whole.to_yuv420()
+    assert out is not whole.source and out.format.name == "yuv420p"
+    assert np.abs(rgb_image(out).astype(int) - 128).max() <= 2
+
+
+def test_webrtc_frames_are_lazy_and_go_back_out_as_their_own_planes():
+    from stream.serving.session import frame_to_video_frame, video_frame_to_frame
+
+    vf = decoded(64, 48)
+    vf.pts, vf.time_base = 3000, Fraction(1, 90000)
+    frame = video_frame_to_frame(vf, 7, 1.5)
+    assert frame.lazy and frame.index == 7 and frame.pts == 3000
+    frame.write(8, 8, np.zeros((8, 8, 3), np.uint8))
+    frame.modified, frame.dirty = True, [(8, 8, 16, 16)]
+    out = frame_to_video_frame(frame)
+    assert out is vf and out.pts == 3000
+    assert rgb_image(out)[9:15, 9:15].max() <= 3

@@ -25,8 +25,8 @@ from aiortc.mediastreams import MediaStreamError
 from stream.exceptions import EndOfStream, FacestreamError, InputError
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.pixels import lazy_capable, rgb_image
 from stream.serving.metrics import LatencyWindow, RateMeter, ServingMetrics
-from stream.sources import rgb_image, yuv420_frame
 from stream.tracks import FrameTrack, ProcessorTrack
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,10 @@ ProcessorFactory = Callable[[np.ndarray], FrameProcessor]
 
 
 def video_frame_to_frame(vf: av.VideoFrame, index: int, capture_time: float) -> Frame:
-    """A pipeline :class:`Frame` for a decoded ``vf`` (RGB copy; pts/time_base kept)."""
+    """A pipeline :class:`Frame` for a decoded ``vf`` (pts/time_base kept): lazy for 4:2:0, which converts
+    only the boxes read (see :mod:`stream.pixels`), else an RGB copy."""
     t0 = time.perf_counter()
-    image = rgb_image(vf)
+    image = None if lazy_capable(vf) else rgb_image(vf)
     frame = Frame(index=index, image=image, pts=vf.pts, time_base=vf.time_base, capture_time=capture_time,
                   source=vf)
     frame.timings["convert"] = time.perf_counter() - t0
@@ -63,8 +64,8 @@ def video_frame_to_frame(vf: av.VideoFrame, index: int, capture_time: float) -> 
 
 
 def frame_to_video_frame(frame: Frame) -> av.VideoFrame:
-    """An ``av.VideoFrame`` of ``frame.image`` with the frame's own pts/time_base."""
-    vf = yuv420_frame(frame.image)
+    """``frame`` as a 4:2:0 ``av.VideoFrame`` (:meth:`Frame.to_yuv420`) with the frame's own pts/time_base."""
+    vf = frame.to_yuv420()
     vf.pts = frame.pts
     vf.time_base = frame.time_base if frame.time_base is not None else VIDEO_TIME_BASE
     return vf

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream import __version__
+from stream.frames import Frame, TrackedFace
 from stream.swap import SwapOptions, encode_settings, swap_video
 
 
@@ -54,6 +55,76 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
                                        "cores_busy", "ms_per_frame", "setup_seconds")},
         "ratio_to_floor": round(swap["fps"] / floor["fps"], 3) if floor["fps"] else None,
     }
+
+
+class ReplayFaces:
+    """A stand-in tracker that hands every frame the faces a real tracker found in an earlier pass, so that
+    a run measures the stage chain without the cost of tracking."""
+
+    def __init__(self, faces: dict[int, list[TrackedFace]]) -> None:
+        self.faces = faces
+
+    def __call__(self, frame: Frame) -> Frame:
+        frame.faces = list(self.faces.get(frame.index, []))
+        return frame
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def tracked_faces(input: Path) -> dict[int, list[TrackedFace]]:
+    """The faces a :class:`~stream.tracking.FaceTracker` finds in every frame of ``input``, by frame index."""
+    from stream.sources import read_video_frames
+    from stream.tracking import FaceTracker
+
+    with FaceTracker() as tracker:
+        return {f.index: tracker(f).faces for f in read_video_frames(input)}
+
+
+async def bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **swap_kwargs: Any) -> dict[str, Any]:
+    """What tracking and the stage chain each add to the transcode floor: the floor, the full swap,
+    tracking alone (no stages) and the stages alone (faces replayed from an earlier tracking pass),
+    ``repeat`` times each, interleaved; the best run of each is kept."""
+    faces = await asyncio.get_running_loop().run_in_executor(None, tracked_faces, input)
+    variants: dict[str, dict[str, Any]] = {"full": {}, "tracking only": {"stages": False},
+                                           "stages only": {"tracker": ReplayFaces(faces)}}
+    runs: dict[str, list[dict[str, Any]]] = {"transcode floor": [], **{k: [] for k in variants}}
+    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
+        for i in range(repeat):
+            opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
+                               **swap_kwargs)
+            runs["transcode floor"].append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
+            for name, hooks in variants.items():
+                r = await swap_video(opts, **hooks)
+                runs[name].append({k: r[k] for k in ("frames", "fps", "cpu_ms_per_frame", "cores_busy")})
+    best = {name: max(rs, key=lambda r: r["fps"]) for name, rs in runs.items()}
+    floor_ms = 1000 / best["transcode floor"]["fps"]
+    rows = {}
+    for name, r in best.items():
+        rows[name] = {**r, "ms_per_frame": round(1000 / r["fps"], 3),
+                      "added_ms_per_frame": round(1000 / r["fps"] - floor_ms, 3),
+                      "ratio_to_floor": round(r["fps"] / best["transcode floor"]["fps"], 3)}
+    return {"facestream": __version__, "input": str(input), "source": str(source),
+            "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
+            "repeat": repeat, "breakdown": rows}
+
+
+def format_breakdown_table(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`bench_breakdown`."""
+    lines = [f"{'run':<18}{'fps':>9}{'ms/frame':>10}{'added ms':>10}{'ratio':>8}{'cpu ms/frame':>14}{'cores':>7}"]
+    for name, r in result["breakdown"].items():
+        lines.append(f"{name:<18}{r['fps']:>9.1f}{r['ms_per_frame']:>10.2f}{r['added_ms_per_frame']:>10.2f}"
+                     f"{r['ratio_to_floor']:>8.3f}{r['cpu_ms_per_frame']:>14.2f}{r['cores_busy']:>7.2f}")
+    lines.append("added ms: wall time per frame over the transcode floor's; 'stages only' replays faces tracked in "
+                 "an earlier pass.")
+    return "\n".join(lines)
+
+
+def run_bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **kwargs: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = asyncio.run(bench_breakdown(input, source, repeat=repeat, **kwargs))
+    result["bench_seconds"] = round(time.perf_counter() - t0, 2)
+    return result
 
 
 def _cpus() -> int:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from stream.stages.fsgan_device import FsganV2DeviceChain
 
 logger = logging.getLogger(__name__)
+
+
+class FrameStep(Protocol):
+    """A per-frame step run on a worker thread (what a :class:`ProcessorTrack` calls), closed at the end."""
+
+    def __call__(self, frame: Frame) -> Frame: ...
+
+    def close(self) -> None: ...
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -240,8 +248,14 @@ def encode_settings(options: SwapOptions) -> Any:
     return EncodeSettings(**overrides)
 
 
-async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] | None = None) -> dict[str, Any]:
-    """Run one swap; returns the report (also written to ``options.report`` when set)."""
+async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] | None = None,
+                     tracker: FrameStep | None = None, stages: bool = True) -> dict[str, Any]:
+    """Run one swap; returns the report (also written to ``options.report`` when set).
+
+    For benchmarks (``facestream bench --breakdown``): ``tracker`` replaces the face tracker (a callable
+    filling ``frame.faces``, with ``close()``), and ``stages=False`` runs tracking alone (no stage chain:
+    frames go out as they came in).
+    """
     from stream.sinks import VideoFileSink
     from stream.sources import VideoFileSource, probe_video
     from stream.tracking import FaceTracker
@@ -260,16 +274,16 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     info, bank, chain = await asyncio.get_running_loop().run_in_executor(None, setup)
     setup_seconds = time.perf_counter() - t_start
 
-    split = overlap_chain(options, chain)
+    split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
-    tracker = FaceTracker()
+    step: FrameStep = tracker if tracker is not None else FaceTracker()
 
     def close_all() -> None:
-        tracker.close()
+        step.close()
         if split is None:  # the pipelined track closes the chain itself, once its device work is done
             chain.close()
 
-    tracked = ProcessorTrack(source, tracker, name="track")  # the track times each call under its name
+    tracked = ProcessorTrack(source, step, name="track")  # the track times each call under its name
     swapped: FrameTrack
     piped = None
     if split is not None:
@@ -277,6 +291,8 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
         logger.info("learned chain through the pipelined executor on %s", split.device)
         swapped = piped = PipelinedTrack(tracked, split, split.make_device, name="swap", on_close=split.close)
+    elif not stages:
+        swapped = tracked
     else:
         workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
         swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -196,6 +198,42 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     assert floor["cores_busy"] > 0 and swap["cores_busy"] > 0
     assert "cpu ms/frame" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # its videos went to a temp dir
+
+
+def test_bench_breakdown_separates_tracking_from_the_stages(media, tmp_path):
+    out = tmp_path / "breakdown.json"
+    r = facestream("bench", media["cfr"], "--source", media["source"], "--breakdown", "--json", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["breakdown"]
+    assert list(rows) == ["transcode floor", "full", "tracking only", "stages only"]
+    frames = len(read_frames(media["cfr"])[1])
+    assert {row["frames"] for row in rows.values()} == {frames}
+    floor = rows["transcode floor"]
+    assert floor["added_ms_per_frame"] == 0 and floor["ratio_to_floor"] == 1
+    for name in ("full", "tracking only", "stages only"):
+        row = rows[name]
+        assert row["ratio_to_floor"] == pytest.approx(row["fps"] / floor["fps"], abs=1e-3)
+        assert row["added_ms_per_frame"] == pytest.approx(1000 / row["fps"] - 1000 / floor["fps"], abs=1e-2)
+        assert row["cpu_ms_per_frame"] > floor["cpu_ms_per_frame"], name  # each does more than the floor
+    assert "tracking only" in r.stdout and "stages only" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["breakdown.json"]
+
+
+def test_swap_hooks_run_tracking_alone_or_the_stages_on_given_faces(media, tmp_path):
+    """The bench's variants: without stages every frame goes out unmodified (faces still tracked); with
+    replayed faces the stages swap exactly the frames that have them."""
+    from stream.bench import ReplayFaces, tracked_faces
+    from stream.swap import SwapOptions, swap_video
+
+    options = SwapOptions(source=media["source"], input=media["cfr"], output=tmp_path / "a.mp4", progress=False)
+    alone = asyncio.run(swap_video(options, stages=False))
+    assert alone["frames_modified"] == 0 and alone["frames_with_faces"] > 0
+    faces = tracked_faces(media["cfr"])
+    keep = {i: f for i, f in faces.items() if i % 2 == 0}
+    replayed = asyncio.run(swap_video(dataclasses.replace(options, output=tmp_path / "b.mp4"),
+                                      tracker=ReplayFaces(keep)))
+    assert replayed["frames_with_faces"] == sum(1 for f in keep.values() if f)
+    assert replayed["frames_modified"] == replayed["frames_with_faces"]
 
 
 def test_demo_builds_the_sample_clip_swaps_it_and_says_where(tmp_path):

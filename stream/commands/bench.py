@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crf", type=int, default=None)
     p.add_argument("--preset", default=None)
     p.add_argument("--json", type=Path, default=Path("bench.json"), metavar="PATH", help="write results here")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also run tracking alone and the stages alone: what each adds to the transcode floor")
     p.add_argument("--engines", action="store_true",
                    help="benchmark the FSGAN networks per backend and precision instead")
     p.add_argument("--live", action="store_true", help="benchmark live latency over loopback WebRTC instead")
@@ -52,8 +54,14 @@ def run(args: argparse.Namespace) -> int:
             from stream.demo import sample_faces
 
             source = sample_faces()[1]
-        result = run_bench_swap(args.input, source, repeat=args.repeat, crf=args.crf, preset=args.preset)
-        print(format_swap_table(result))
+        if args.breakdown:
+            from stream.bench import format_breakdown_table, run_bench_breakdown
+
+            result = run_bench_breakdown(args.input, source, repeat=args.repeat, crf=args.crf, preset=args.preset)
+            print(format_breakdown_table(result))
+        else:
+            result = run_bench_swap(args.input, source, repeat=args.repeat, crf=args.crf, preset=args.preset)
+            print(format_swap_table(result))
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"facestream: wrote {args.json}", file=sys.stderr)
     return 0

@@ -29,27 +29,36 @@ async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> di
             "ms_per_frame": d["ms_per_frame"]}
 
 
+async def _best_runs(input: Path, source: Path, repeat: int, variants: dict[str, dict[str, Any]],
+                     swap_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The transcode floor and each swap variant (``swap_video`` keyword hooks by name), ``repeat`` times
+    each, interleaved; the best (fastest, least disturbed by other load on the machine) run of each."""
+    runs: dict[str, list[dict[str, Any]]] = {"transcode floor": [], **{name: [] for name in variants}}
+    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
+        for i in range(repeat):
+            opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
+                               **swap_kwargs)
+            runs["transcode floor"].append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
+            for name, hooks in variants.items():
+                runs[name].append(await swap_video(opts, **hooks))
+    return {name: max(rs, key=lambda r: r["fps"]) for name, rs in runs.items()}
+
+
+def _header(input: Path, source: Path, repeat: int) -> dict[str, Any]:
+    return {"facestream": __version__, "input": str(input), "source": str(source),
+            "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
+            "repeat": repeat}
+
+
 async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwargs: Any) -> dict[str, Any]:
     """Measure the transcode floor and the full swap on ``input``, ``repeat`` times each, interleaved.
 
     The best run of each is kept (least disturbed by other load on the machine).
     """
-    floors: list[dict[str, Any]] = []
-    swaps: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
-        for i in range(repeat):
-            opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
-                               **swap_kwargs)
-            floors.append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
-            swaps.append(await swap_video(opts))
-    floor = max(floors, key=lambda r: r["fps"])
-    swap = max(swaps, key=lambda r: r["fps"])
+    best = await _best_runs(input, source, repeat, {"swap": {}}, swap_kwargs)
+    floor, swap = best["transcode floor"], best["swap"]
     return {
-        "facestream": __version__,
-        "input": str(input),
-        "source": str(source),
-        "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
-        "repeat": repeat,
+        **_header(input, source, repeat),
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
                                        "cores_busy", "ms_per_frame", "setup_seconds")},
@@ -88,25 +97,14 @@ async def bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **swap_
     faces = await asyncio.get_running_loop().run_in_executor(None, tracked_faces, input)
     variants: dict[str, dict[str, Any]] = {"full": {}, "tracking only": {"stages": False},
                                            "stages only": {"tracker": ReplayFaces(faces)}}
-    runs: dict[str, list[dict[str, Any]]] = {"transcode floor": [], **{k: [] for k in variants}}
-    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
-        for i in range(repeat):
-            opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
-                               **swap_kwargs)
-            runs["transcode floor"].append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
-            for name, hooks in variants.items():
-                r = await swap_video(opts, **hooks)
-                runs[name].append({k: r[k] for k in ("frames", "fps", "cpu_ms_per_frame", "cores_busy")})
-    best = {name: max(rs, key=lambda r: r["fps"]) for name, rs in runs.items()}
-    floor_ms = 1000 / best["transcode floor"]["fps"]
-    rows = {}
-    for name, r in best.items():
-        rows[name] = {**r, "ms_per_frame": round(1000 / r["fps"], 3),
-                      "added_ms_per_frame": round(1000 / r["fps"] - floor_ms, 3),
-                      "ratio_to_floor": round(r["fps"] / best["transcode floor"]["fps"], 3)}
-    return {"facestream": __version__, "input": str(input), "source": str(source),
-            "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
-            "repeat": repeat, "breakdown": rows}
+    best = await _best_runs(input, source, repeat, variants, swap_kwargs)
+    floor_fps = best["transcode floor"]["fps"]
+    rows = {name: {"frames": r["frames"], "fps": r["fps"], "ms_per_frame": round(1000 / r["fps"], 3),
+                   "added_ms_per_frame": round(1000 / r["fps"] - 1000 / floor_fps, 3),
+                   "ratio_to_floor": round(r["fps"] / floor_fps, 3), "cpu_ms_per_frame": r["cpu_ms_per_frame"],
+                   "cores_busy": r["cores_busy"]}
+            for name, r in best.items()}
+    return {**_header(input, source, repeat), "breakdown": rows}
 
 
 def format_breakdown_table(result: dict[str, Any]) -> str:

@@ -182,16 +182,16 @@ class Frame:
     def grey(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """(y1 - y0, x1 - x0) uint8 brightness of a box: the decoded luma for lazy frames, RGB -> grey
         otherwise (see :class:`stream.pixels.Pixels`)."""
-        if self.lazy and not any(_intersects(p, x0, y0, x1, y1) for p in self._patches):
-            assert self.source is not None
-            return luma(self.source, x0, y0, x1, y1)
+        src = self._decoded_only(x0, y0, x1, y1)
+        if src is not None:
+            return luma(src, x0, y0, x1, y1)
         return cv2.cvtColor(np.ascontiguousarray(self.rgb(x0, y0, x1, y1)), cv2.COLOR_RGB2GRAY)
 
     def samples(self, x0: int, y0: int, x1: int, y1: int, step: int) -> np.ndarray:
         """int16 brightness on a sparse grid of a box (see :class:`stream.pixels.Pixels`)."""
-        if self.lazy and not any(_intersects(p, x0, y0, x1, y1) for p in self._patches):
-            assert self.source is not None
-            y = plane_view(self.source.planes[0])
+        src = self._decoded_only(x0, y0, x1, y1)
+        if src is not None:
+            y = plane_view(src.planes[0])
             return y[y0 + step // 2:y1:step, x0 + step // 2:x1:step].astype(np.int16)
         return self.image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
 
@@ -210,6 +210,12 @@ class Frame:
             vf.pict_type = av.video.frame.PictureType.NONE
             return vf
         return yuv420_frame(self.image)
+
+    def _decoded_only(self, x0: int, y0: int, x1: int, y1: int) -> av.VideoFrame | None:
+        """The decoded frame when the box's pixels are all still its own (lazy, no patch there), else None."""
+        if self.lazy and not any(_intersects(p, x0, y0, x1, y1) for p in self._patches):
+            return self.source
+        return None
 
     def write(self, x0: int, y0: int, pixels: np.ndarray) -> None:
         """Put (h, w, 3) uint8 RGB ``pixels`` at ``(x0, y0)``; a lazy frame keeps them as a patch (owned

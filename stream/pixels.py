@@ -144,22 +144,16 @@ def split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarra
 
 
 def write_back(source: av.VideoFrame, boxes: list[tuple[int, int, int, int]],
-               read: Callable[[int, int, int, int], np.ndarray],
-               from_rgb: Callable[[np.ndarray], av.VideoFrame] | None = None) -> av.VideoFrame:
+               read: Callable[[int, int, int, int], np.ndarray]) -> av.VideoFrame:
     """``source`` (a :func:`lazy_capable` decoded frame) with the RGB of ``boxes`` converted back into its
-    own planes; every other sample stays the decoder's (bit-exact). ``read(x0, y0, x1, y1)`` gives a box's
-    RGB; ``from_rgb`` converts it (default: to ``source``'s format, matrix and range).
+    own planes, with its own matrix and range (those :func:`region_rgb` read it with); every other sample
+    stays the decoder's (bit-exact). ``read(x0, y0, x1, y1)`` gives a box's RGB.
 
     Boxes are widened to even bounds (4:2:0 chroma is shared by 2x2 pixels) and all are read before any
     is written, since reading a lazy frame around its patches reads these planes. The decoder may still
     hold the planes as a reference picture: ``make_writable`` copies them then; a frame that has come
     through a pipeline's queues has usually been let go (no copy).
     """
-    if from_rgb is None:
-        def from_rgb(rgb: np.ndarray) -> av.VideoFrame:
-            return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format=source.format.name, dst_colorspace=source.colorspace, dst_color_range=source.color_range,
-                threads=1)
     h, w = source.height, source.width
     pixels = []
     for x0, y0, x1, y1 in boxes:
@@ -170,7 +164,10 @@ def write_back(source: av.VideoFrame, boxes: list[tuple[int, int, int, int]],
     source.make_writable()
     y_plane, u_plane, v_plane = (plane_view(d) for d in source.planes)
     for x0, y0, x1, y1, rgb in pixels:
-        ry, ru, rv = split_420(from_rgb(rgb).to_ndarray(), y1 - y0, x1 - x0)
+        yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format=source.format.name, dst_colorspace=source.colorspace, dst_color_range=source.color_range,
+            threads=1)
+        ry, ru, rv = split_420(yuv.to_ndarray(), y1 - y0, x1 - x0)
         y_plane[y0:y1, x0:x1] = ry
         u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
         v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv

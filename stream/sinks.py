@@ -423,7 +423,7 @@ class VideoFileSink:
         if (not frame.dirty or src is None or src.format.name != self._pix_fmt or self._pix_fmt not in _PLANAR_420
                 or src.width % 2 or src.height % 2 or (frame.height, frame.width) != (src.height, src.width)):
             return None
-        vf = write_back(src, frame.dirty, frame.rgb, self._from_rgb)
+        vf = write_back(src, frame.dirty, frame.rgb)
         vf.pict_type = PictureType.NONE
         return vf
 

@@ -100,8 +100,12 @@ def test_grey_and_samples_follow_the_brightness():
 def test_other_pixel_formats_are_converted_whole():
     vf = decoded().reformat(format="yuv444p")
     assert not lazy_capable(vf)
-    odd = av.VideoFrame(95, 63, "yuv420p")
-    assert not lazy_capable(odd)
+    assert not lazy_capable(av.VideoFrame(95, 63, "yuv420p"))
+    frame = Frame(index=0, source=vf)
+    assert not frame.lazy
+    assert np.array_equal(frame.rgb(3, 5, 40, 30), rgb_image(vf)[5:30, 3:40])
+    frame.write(0, 0, np.zeros((4, 4, 3), np.uint8))  # straight into the whole image
+    assert frame.image[:4, :4].max() == 0 and frame.rgb(0, 0, 4, 4).max() == 0
 
 
 def test_a_frame_needs_pixels():

@@ -165,3 +165,23 @@ def test_tracker_backs_off_the_flow_when_it_keeps_failing(hopper_face) -> None:
     failures = sum(v for k, v in counters.items() if k.startswith("remesh:"))
     assert counters.get("flow", 0) <= 4, counters
     assert 1 <= failures <= 6, counters  # 23 frames after the first: without backing off, ~23 tries
+
+
+def test_patch_ncc_is_matchtemplates_normed_correlation():
+    """The mouth/eye check computes TM_CCOEFF_NORMED itself (matchTemplate's DFT is slower at these sizes);
+    it must give matchTemplate's value, flat patches included."""
+    from stream.landmark_flow import _ncc
+
+    rng = np.random.default_rng(4)
+    flat, other_flat = np.full((12, 16), 7, np.uint8), np.full((12, 16), 9, np.uint8)
+    cases = [(flat, other_flat), (flat, rng.integers(0, 255, (12, 16), np.uint8)),
+             (rng.integers(0, 255, (12, 16), np.uint8), flat)]
+    for shape in [(1, 5), (20, 30), (70, 100)]:
+        a = rng.integers(0, 255, shape, np.uint8)
+        b = np.clip(a.astype(int) + rng.integers(-60, 60, shape), 0, 255).astype(np.uint8)
+        cases += [(a, b), (a, 255 - a)]
+    for image, ref in cases:
+        centred = ref.astype(np.float32) - ref.astype(np.float32).mean()
+        got = _ncc(image, centred, float(np.sqrt(np.vdot(centred, centred))))
+        want = float(cv2.matchTemplate(image, ref, cv2.TM_CCOEFF_NORMED)[0, 0])
+        assert got == pytest.approx(want, abs=1e-4), (image.shape, want)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,20 +26,12 @@ from stream.exceptions import InputError, InputNotFoundError, NoFaceError, Outpu
 from stream.frames import Frame, SourceFace, TrackedFace
 from stream.pipeline import PipelineStats, run_pipeline
 from stream.stages.base import SourceBank, StageChain
-from stream.tracks import FrameTrack, ProcessorTrack
+from stream.tracks import FrameProcessor, FrameTrack, ProcessorTrack
 
 if TYPE_CHECKING:
     from stream.stages.fsgan_device import FsganV2DeviceChain
 
 logger = logging.getLogger(__name__)
-
-
-class FrameStep(Protocol):
-    """A per-frame step run on a worker thread (what a :class:`ProcessorTrack` calls), closed at the end."""
-
-    def __call__(self, frame: Frame) -> Frame: ...
-
-    def close(self) -> None: ...
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -249,7 +241,7 @@ def encode_settings(options: SwapOptions) -> Any:
 
 
 async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] | None = None,
-                     tracker: FrameStep | None = None, stages: bool = True) -> dict[str, Any]:
+                     tracker: FrameProcessor | None = None, stages: bool = True) -> dict[str, Any]:
     """Run one swap; returns the report (also written to ``options.report`` when set).
 
     For benchmarks (``facestream bench --breakdown``): ``tracker`` replaces the face tracker (a callable
@@ -276,7 +268,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
-    step: FrameStep = tracker if tracker is not None else FaceTracker()
+    step: FrameProcessor = tracker if tracker is not None else FaceTracker()
 
     def close_all() -> None:
         step.close()

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 from stream.choices import DropPolicy
 from stream.exceptions import EndOfStream, FacestreamError, StageError
@@ -111,6 +112,20 @@ class WorkerTrack(FrameTrack):
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@runtime_checkable
+class FrameProcessor(Protocol):
+    """A per-frame step with resources: what a live session runs on every frame (face tracker + stage
+    chain), and what a swap runs as its tracker."""
+
+    def __call__(self, frame: Frame) -> Frame:
+        """Process ``frame`` (in place or not) and return it; runs on one worker thread."""
+        ...
+
+    def close(self) -> None:
+        """Release models and buffers. Safe to call twice."""
+        ...
 
 
 class ProcessorTrack(WorkerTrack):

@@ -33,7 +33,8 @@ from stream.exceptions import InputError, NoFaceError
 from stream.serving.faces import FaceStore
 from stream.serving.feed import LiveFeed
 from stream.serving.metrics import ServingMetrics
-from stream.serving.session import FrameProcessor, ProcessorFactory, Session
+from stream.serving.session import ProcessorFactory, Session
+from stream.tracks import FrameProcessor
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from fractions import Fraction
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import av
 import numpy as np
@@ -27,24 +27,11 @@ from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pixels import lazy_capable, rgb_image
 from stream.serving.metrics import LatencyWindow, RateMeter, ServingMetrics
-from stream.tracks import FrameTrack, ProcessorTrack
+from stream.tracks import FrameProcessor, FrameTrack, ProcessorTrack
 
 logger = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
-
-
-@runtime_checkable
-class FrameProcessor(Protocol):
-    """What a session runs on every frame (the real one: face tracker + stage chain)."""
-
-    def __call__(self, frame: Frame) -> Frame:
-        """Process ``frame`` (in place or not) and return it; runs on one worker thread."""
-        ...
-
-    def close(self) -> None:
-        """Release models and buffers. Safe to call twice."""
-        ...
 
 
 ProcessorFactory = Callable[[np.ndarray], FrameProcessor]

@@ -195,21 +195,29 @@ class Frame:
             return y[y0 + step // 2:y1:step, x0 + step // 2:x1:step].astype(np.int16)
         return self.image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
 
-    def to_yuv420(self) -> av.VideoFrame:
-        """The frame as a 4:2:0 ``VideoFrame`` for an encoder (pts not set; frame type left to the encoder).
+    def decoded_frame(self) -> av.VideoFrame | None:
+        """The decoded ``source`` carrying every change, for an encoder (frame type left to the encoder).
 
-        The decoded ``source`` itself when no stage changed the frame; the source with only the ``dirty``
-        boxes converted back into its planes when that is all that changed (written in place: the frame
-        is done with once encoded); otherwise the whole RGB image, converted.
+        ``source`` itself when no stage changed the frame; ``source`` with the ``dirty`` boxes converted back
+        into its planes (in place: the frame is done with once encoded) when those boxes describe every
+        change and its boxes convert on their own (:func:`~stream.pixels.lazy_capable`, same size); None
+        otherwise (no source, or a change only the whole :attr:`image` holds).
         """
         src = self.source
-        reusable = src is not None and lazy_capable(src) and (src.height, src.width) == (self.height, self.width)
-        if reusable and (not self.modified or self.dirty):
-            assert src is not None
-            vf = write_back(src, self.dirty, self.rgb) if self.modified else src
-            vf.pict_type = av.video.frame.PictureType.NONE
-            return vf
-        return yuv420_frame(self.image)
+        if src is None:
+            return None
+        if self.modified:
+            if not (self.dirty and lazy_capable(src) and (src.height, src.width) == (self.height, self.width)):
+                return None
+            src = write_back(src, self.dirty, self.rgb)
+        src.pict_type = av.video.frame.PictureType.NONE
+        return src
+
+    def to_yuv420(self) -> av.VideoFrame:
+        """The frame as a 4:2:0 ``VideoFrame`` for an encoder (pts not set): :meth:`decoded_frame` when that is
+        4:2:0, otherwise the whole RGB image, converted."""
+        vf = self.decoded_frame()
+        return vf if vf is not None and lazy_capable(vf) else yuv420_frame(self.image)
 
     def _decoded_only(self, x0: int, y0: int, x1: int, y1: int) -> av.VideoFrame | None:
         """The decoded frame when the box's pixels are all still its own (lazy, no patch there), else None."""

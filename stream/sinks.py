@@ -53,7 +53,6 @@ import av
 import numpy as np
 from av.container import OutputContainer
 from av.stream import Stream
-from av.video.frame import PictureType
 from av.video.stream import VideoStream
 
 from stream import __version__
@@ -61,7 +60,6 @@ from stream.exceptions import EndOfStream, FacestreamError, OutputError
 from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pipeline import PipelineStats, run_pipeline
-from stream.pixels import write_back
 from stream.sources import PacketChannel, VideoFileSource
 
 logger = logging.getLogger(__name__)
@@ -81,9 +79,6 @@ _CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libv
                          "libaom-av1"})
 _PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"})
 _WHERE_CODECS_FIT = ".mkv holds nearly every codec; .mp4/.mov hold mov_text subtitles"
-
-
-_PLANAR_420 = frozenset({"yuv420p", "yuvj420p"})
 
 
 def synthetic_marks(metadata: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -386,11 +381,12 @@ class VideoFileSink:
     def _encode(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         src = frame.source
-        if not frame.modified and src is not None:
-            vf = src
-            vf.pict_type = PictureType.NONE  # let the encoder choose frame types, not the input's
-        else:
-            vf = self._patched_source(frame) or self._from_rgb(frame.image)
+        # The decoded frame itself (pasted boxes written back) when it can carry the changes in this
+        # output's pixel format: every pixel outside the boxes stays the decoder's own.
+        vf = frame.decoded_frame() if src is not None and (not frame.modified or src.format.name == self._pix_fmt) \
+            else None
+        if vf is None:
+            vf = self._from_rgb(frame.image)
             if src is not None:
                 vf.duration = src.duration
         ctx = self._video.codec_context
@@ -412,20 +408,6 @@ class VideoFileSink:
         # threads=1: swscale's own slice threading is several times slower here than one thread.
         return av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
             format=self._pix_fmt, dst_colorspace=self._colorspace, dst_color_range=self._color_range, threads=1)
-
-    def _patched_source(self, frame: Frame) -> av.VideoFrame | None:
-        """The decoded 4:2:0 frame with only ``frame.dirty`` converted back from RGB.
-
-        Converting a face-sized region costs a fraction of the whole frame, and every pixel outside the
-        regions is the decoder's own (bit-exact). None when this shortcut does not apply.
-        """
-        src = frame.source
-        if (not frame.dirty or src is None or src.format.name != self._pix_fmt or self._pix_fmt not in _PLANAR_420
-                or src.width % 2 or src.height % 2 or (frame.height, frame.width) != (src.height, src.width)):
-            return None
-        vf = write_back(src, frame.dirty, frame.rgb)
-        vf.pict_type = PictureType.NONE
-        return vf
 
     def _mux_copies(self) -> None:
         if self._channel is None:

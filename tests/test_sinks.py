@@ -413,7 +413,7 @@ async def test_dirty_regions_are_written_back_into_the_decoded_planes(tmp_path: 
         frame.image[y0:y1, x0:x1] = (250, 10, 120)
         frame.modified, frame.dirty = True, [region]
         before = frame.source.to_ndarray()  # the regions are written into the decoded frame itself
-        patched = sink._patched_source(frame)
+        patched = frame.decoded_frame()
         assert patched is not None
         after = patched.to_ndarray()
         w, h = size
@@ -427,7 +427,7 @@ async def test_dirty_regions_are_written_back_into_the_decoded_planes(tmp_path: 
         np.testing.assert_array_equal(after.reshape(-1)[: w * h].reshape(h, w)[y0 + 1:y1 - 1, x0 + 1:x1 - 1],
                                       full.reshape(-1)[: w * h].reshape(h, w)[y0 + 1:y1 - 1, x0 + 1:x1 - 1])
         frame.dirty = []
-        assert sink._patched_source(frame) is None, "no regions: the caller converts the whole frame"
+        assert frame.decoded_frame() is None, "no regions: the caller converts the whole frame"
     finally:
         await sink.abort()
         source.stop()

@@ -15,7 +15,16 @@ import av.video.frame
 import cv2
 import numpy as np
 
-from stream.pixels import lazy_capable, luma, plane_view, region_rgb, rgb_image, write_back, yuv420_frame
+from stream.pixels import (
+    lazy_capable,
+    luma,
+    plane_view,
+    region_rgb,
+    region_shrunk,
+    rgb_image,
+    write_back,
+    yuv420_frame,
+)
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,18 @@ class Frame:
             y = plane_view(src.planes[0])
             return y[y0 + step // 2:y1:step, x0 + step // 2:x1:step].astype(np.int16)
         return self.image[y0 + step // 2:y1:step, x0 + step // 2:x1:step, 1].astype(np.int16)
+
+    def shrunk(self, x0: int, y0: int, x1: int, y1: int, size: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of a box shrunk to ``size = (w, h)`` with an area filter (see
+        :class:`stream.pixels.Pixels`).
+
+        A lazy frame's even box shrunk 3x or more is converted and shrunk in one swscale pass (0.4 ms for
+        720p to 320x180, against 1.25 ms converting then shrinking); OpenCV's area filter has a fast path
+        for halving, which wins below that (0.34 against 0.57 ms for 720x720 to 360x360)."""
+        src = self._decoded_only(x0, y0, x1, y1)
+        if src is not None and not (x0 | y0 | x1 | y1) & 1 and x1 - x0 >= 3 * size[0]:
+            return region_shrunk(src, x0, y0, x1, y1, size)
+        return cv2.resize(np.ascontiguousarray(self.rgb(x0, y0, x1, y1)), size, interpolation=cv2.INTER_AREA)
 
     def decoded_frame(self) -> av.VideoFrame | None:
         """The decoded ``source`` carrying every change, for an encoder (frame type left to the encoder).

@@ -428,13 +428,15 @@ class _Detector:
         return boxes
 
     def detect_region(self, image: Pixels, box: _Box, rotation: int) -> list[_Detection]:
-        x0, y0, x1, y1 = box
+        h, w = image.shape[:2]
+        # Even bounds: a decoded 4:2:0 frame then converts and shrinks the box in one pass.
+        x0, y0, x1, y1 = box[0] & ~1, box[1] & ~1, min(w, box[2] + (box[2] & 1)), min(h, box[3] + (box[3] & 1))
         rw, rh = x1 - x0, y1 - y0
         factor = max(1, max(rw, rh) // _DETECT_SIDE)
-        region = image.rgb(x0, y0, x1, y1)
         if factor > 1:
-            region = cv2.resize(region, (max(1, rw // factor), max(1, rh // factor)),
-                                interpolation=cv2.INTER_AREA)
+            region = image.shrunk(x0, y0, x1, y1, (max(1, rw // factor), max(1, rh // factor)))
+        else:
+            region = image.rgb(x0, y0, x1, y1)
         if rotation:
             region = cv2.rotate(region, _CV_ROTATE[rotation])
         region = np.ascontiguousarray(region)

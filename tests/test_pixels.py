@@ -13,7 +13,7 @@ import pytest
 from mediautil import write_face_clip
 
 from stream.frames import Frame
-from stream.pixels import ArrayPixels, Pixels, lazy_capable, region_rgb, rgb_image
+from stream.pixels import ArrayPixels, Pixels, lazy_capable, region_rgb, region_shrunk, rgb_image
 from stream.sources import read_video_frames
 from stream.stages import default_chain
 from stream.stages.base import SourceBank
@@ -95,6 +95,37 @@ def test_grey_and_samples_follow_the_brightness():
     assert s.shape == (8, 12) and s.dtype == np.int16
     assert np.corrcoef(s.ravel(), ref[4::8, 4::8].ravel())[0, 1] > 0.99  # luma, as grey
     assert np.array_equal(arr.samples(0, 0, 96, 64, 8), rgb_image(vf)[4::8, 4::8, 1])  # RGB arrays: green
+
+
+def test_shrunk_boxes_convert_and_shrink_in_one_pass_close_to_shrinking_the_rgb():
+    y, x = np.mgrid[0:128, 0:192]
+    rgb = np.stack([x * 1.3, y * 1.9, 128 + 60 * np.sin(x / 9.0) * np.cos(y / 7.0)], -1).clip(0, 255).astype(np.uint8)
+    vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
+    frame = Frame(index=0, source=vf)
+    whole = rgb_image(vf)
+    for box, size in [((0, 0, 192, 128), (48, 32)), ((10, 20, 106, 84), (32, 21)), ((0, 0, 192, 128), (64, 42)),
+                      ((0, 0, 192, 128), (96, 64))]:  # halving: OpenCV's fast path
+        x0, y0, x1, y1 = box
+        ref = cv2.resize(whole[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA).astype(int)
+        got = frame.shrunk(*box, size)
+        assert got.shape == (size[1], size[0], 3) and got.dtype == np.uint8
+        # Brightness within a grey level; colour within a few (swscale places the subsampled chroma
+        # a fraction of a pixel differently while shrinking: blue texture at 4:2:0 resolution shows it).
+        grey = cv2.cvtColor(got, cv2.COLOR_RGB2GRAY).astype(int)
+        assert np.abs(grey - cv2.cvtColor(ref.astype(np.uint8), cv2.COLOR_RGB2GRAY)).mean() < 1.0, box
+        assert np.abs(got - ref).mean() < 4.0, box
+        assert frame.lazy, "shrinking a box converts no whole image"
+        assert np.array_equal(ArrayPixels(whole).shrunk(*box, size), ref)
+    with pytest.raises(ValueError, match="even bounds"):
+        region_shrunk(vf, 1, 0, 33, 32, (8, 8))
+    # An odd box, or one a stage pasted into, is shrunk from its RGB.
+    assert np.array_equal(frame.shrunk(3, 5, 67, 45, (16, 10)),
+                          cv2.resize(whole[5:45, 3:67], (16, 10), interpolation=cv2.INTER_AREA))
+    frame.write(0, 0, np.zeros((40, 40, 3), np.uint8))
+    expected = whole.copy()
+    expected[:40, :40] = 0
+    assert np.array_equal(frame.shrunk(0, 0, 96, 64, (24, 16)),
+                          cv2.resize(expected[:64, :96], (24, 16), interpolation=cv2.INTER_AREA))
 
 
 def test_other_pixel_formats_are_converted_whole():

@@ -20,6 +20,11 @@ from stream.nativelog import filtered_native_stderr
 # Subcommand modules, in the order `facestream --help` lists them.
 COMMANDS = ("swap", "bench", "demo", "models", "export", "live", "serve")
 
+# Commands that run the frame pipeline. It works on several frames and stages at once already, so
+# OpenCV's own thread pool only adds hand-offs on face-sized crops: optical flow took 1.8 ms of CPU per
+# frame with it against 1.1 ms without (same wall time), a swap 0.5 ms less CPU per frame in all.
+PIPELINE_COMMANDS = frozenset({"swap", "bench", "demo", "live", "serve"})
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -50,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="facestream: %(levelname)s: %(message)s")
+    if args.command in PIPELINE_COMMANDS:
+        import cv2
+
+        cv2.setNumThreads(1)
     try:
         with filtered_native_stderr():
             return int(args.func(args) or 0)

@@ -313,3 +313,18 @@ def test_output_hard_linked_to_input_is_refused(media, tmp_path):
     r = facestream("swap", "--source", media["source"], clip, "-o", link, "--no-progress")
     assert r.returncode != 0 and "same file" in r.stderr and "Traceback" not in r.stderr
     assert sha256(clip) == before
+
+
+def test_pipeline_commands_run_opencv_on_one_thread(tmp_path):
+    from stream.cli import main
+
+    cv2.setNumThreads(4)
+    try:
+        assert main(["models", "--json"]) == 0  # a command outside the pipeline
+        others = cv2.getNumThreads()
+        missing = tmp_path / "missing.mp4"
+        assert main(["swap", "--source", str(missing), str(missing), "-o", str(tmp_path / "out.mp4")]) == 1
+        assert cv2.getNumThreads() == 1, "the pipeline parallelises frames; OpenCV's pool would only add hand-offs"
+        assert others == 4, "commands outside the pipeline leave OpenCV as it was"
+    finally:
+        cv2.setNumThreads(-1)

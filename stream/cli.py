@@ -21,8 +21,8 @@ from stream.nativelog import filtered_native_stderr
 COMMANDS = ("swap", "bench", "demo", "models", "export", "live", "serve")
 
 # Commands that run the frame pipeline. It works on several frames and stages at once already, so
-# OpenCV's own thread pool only adds hand-offs on face-sized crops: optical flow took 1.8 ms of CPU per
-# frame with it against 1.1 ms without (same wall time), a swap 0.5 ms less CPU per frame in all.
+# OpenCV's own thread pool only adds hand-offs on face-sized crops: a keyframe and one step of optical
+# flow took 1.8 ms of CPU with it against 1.1 ms without, in the same wall time.
 PIPELINE_COMMANDS = frozenset({"swap", "bench", "demo", "live", "serve"})
 
 EXIT_ERROR = 1

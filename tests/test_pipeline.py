@@ -3,33 +3,14 @@
 import asyncio
 import threading
 import time
-from fractions import Fraction
 
-import numpy as np
 import pytest
 
 from stream.exceptions import EndOfStream, StageError
 from stream.frames import Frame
 from stream.pipeline import run_pipeline
-from stream.tracks import FrameTrack, ProcessorTrack
-
-
-class ListSource(FrameTrack):
-    """Frames from a list; records whether it was stopped."""
-
-    def __init__(self, n: int) -> None:
-        self.frames = [Frame(index=i, image=np.full((4, 4, 3), i % 256, np.uint8), pts=i * 1001,
-                             time_base=Fraction(1, 30000)) for i in range(n)]
-        self.stopped = 0
-
-    async def recv(self) -> Frame:
-        if self.stopped or not self.frames:
-            raise EndOfStream
-        await asyncio.sleep(0)
-        return self.frames.pop(0)
-
-    def stop(self) -> None:
-        self.stopped += 1
+from stream.tracks import ProcessorTrack
+from tests.trackutil import ListSource, numbered_frames
 
 
 class MemorySink:
@@ -59,7 +40,7 @@ def jittery(frame: Frame) -> Frame:
 
 
 async def test_frames_leave_in_order_with_timestamps_untouched():
-    src = ListSource(40)
+    src = ListSource(numbered_frames(40))
     expected = [(f.index, f.pts) for f in src.frames]
     track = ProcessorTrack(ProcessorTrack(src, jittery, name="a"), jittery, name="b", queue_size=2)
     sink = MemorySink()
@@ -88,13 +69,13 @@ async def test_steps_overlap_across_frames():
             return frame
         return fn
 
-    track = ProcessorTrack(ProcessorTrack(ListSource(12), step("a"), name="a"), step("b"), name="b")
+    track = ProcessorTrack(ProcessorTrack(ListSource(numbered_frames(12)), step("a"), name="a"), step("b"), name="b")
     await run_pipeline(track, MemorySink())
     assert overlaps > 0
 
 
 async def test_failing_stage_shuts_everything_down_cleanly():
-    src = ListSource(50)
+    src = ListSource(numbered_frames(50))
 
     def buggy(frame: Frame) -> Frame:
         if frame.index == 7:
@@ -114,7 +95,7 @@ async def test_failing_stage_shuts_everything_down_cleanly():
 
 
 async def test_cancelled_run_aborts_sink():
-    src = ListSource(10_000)
+    src = ListSource(numbered_frames(10_000))
 
     def slow(frame: Frame) -> Frame:
         time.sleep(0.001)
@@ -130,7 +111,8 @@ async def test_cancelled_run_aborts_sink():
 
 
 async def test_keep_latest_processor_drops_under_slow_consumer():
-    track = ProcessorTrack(ListSource(30), lambda f: f, name="fast", queue_size=1, policy="keep_latest")
+    track = ProcessorTrack(ListSource(numbered_frames(30)), lambda f: f, name="fast", queue_size=1,
+                           policy="keep_latest")
     got = []
     while True:
         try:

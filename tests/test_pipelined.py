@@ -7,7 +7,6 @@ frame k + d - 1 before it finishes frame k.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +24,7 @@ from stream.stages.base import SourceBank
 from stream.stages.fsgan_device import FsganV2DeviceChain
 from stream.stages.learned import learned_chain, write_tiny_models
 from stream.tracks import FrameTrack
+from tests.trackutil import ListSource
 
 HAS_FACE = [True, False, True, True, False, True]
 """Frames 1 and 4 have no face."""
@@ -44,23 +44,6 @@ def frames() -> list[Frame]:
         faces = [tracked("astronaut", 3 * i, -2 * i, i)] if face else []
         out.append(Frame(i, image.copy(), pts=1001 * i, time_base=Fraction(1, 30000), faces=faces))
     return out
-
-
-class ListSource(FrameTrack):
-    """Frames from a list; counts how often it was stopped."""
-
-    def __init__(self, items: list[Frame]) -> None:
-        self.items = list(items)
-        self.stopped = 0
-
-    async def recv(self) -> Frame:
-        if self.stopped or not self.items:
-            raise EndOfStream
-        await asyncio.sleep(0)
-        return self.items.pop(0)
-
-    def stop(self) -> None:
-        self.stopped += 1
 
 
 class LoggedChain(FsganV2DeviceChain):

@@ -12,7 +12,7 @@ from stagefaces import astronaut, grace_hopper, source, work_for
 from stream.exceptions import InputError
 from stream.frames import FaceWork
 from stream.stages import ClassicalCompleter, MeshSegmenter, MeshWarpReenactor, SourceBank, Stage
-from stream.stages.blend import MeshBlender, harmonic_fill, poisson_blend, pyramid_blend
+from stream.stages.blend import MeshBlender, harmonic_fill, poisson_blend, poisson_correction, pyramid_blend
 
 
 def _exact_harmonic(values: np.ndarray, fixed: np.ndarray) -> np.ndarray:
@@ -72,6 +72,29 @@ def test_poisson_blend_solves_the_guided_interpolation() -> None:
     # Solving at half resolution stays close (the correction is smooth).
     coarse = poisson_blend(fg, bg, region, robust=0.0, scale=0.5)
     assert np.abs(coarse - exact)[region].mean() < 0.03 * span
+
+
+def test_poisson_solve_shrinks_by_whole_factors() -> None:
+    blender = MeshBlender(poisson_size=96)
+    assert [blender.poisson_factor(s) for s in (10, 96, 100, 143, 150, 239, 290)] == [1, 1, 1, 1, 2, 2, 3]
+    # A face a little over poisson_size: its crop's own grid, not one a few percent coarser, so the
+    # correction meets bg - fg at the seam (a fractional grid misplaces it by part of a pixel).
+    rng = np.random.default_rng(3)
+    h, w = 100, 96
+    yy, xx = np.mgrid[0:h, 0:w]
+    fixed = ((yy - 50) / 42) ** 2 + ((xx - 48) / 40) ** 2 > 1
+    low = cv2.resize(rng.normal(0, 20, (6, 6)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    diff = ((low + rng.normal(0, 4, (h, w)).astype(np.float32)) * fixed)[..., None]
+    exact = _exact_harmonic(diff[..., 0], fixed)
+    seam = ~fixed & (cv2.dilate(fixed.view(np.uint8), np.ones((7, 7), np.uint8)) > 0)
+
+    def seam_error(scale: float) -> float:
+        corr = poisson_correction(diff, fixed, scale=scale, robust=0.0)[..., 0]
+        return float(np.abs(corr - exact)[seam].mean())
+
+    ours = seam_error(1.0 / blender.poisson_factor(100))
+    assert ours < 0.5
+    assert ours < 0.5 * seam_error(96 / 100)
 
 
 def test_pyramid_blend_keeps_fg_inside_and_bg_beyond_its_reach() -> None:

@@ -237,7 +237,8 @@ class MeshBlender:
         mode: ``"poisson"``, ``"pyramid"`` or ``"alpha"`` (see the module docstring).
         color: colour transfer before blending, ``"lab"`` (Reinhard) or ``"none"``.
         poisson_size: the Poisson correction is solved at a resolution where the face is about this
-            many pixels (it is smooth; the soft paste mask hides the finer part of the seam).
+            many pixels (it is smooth; the soft paste mask hides the finer part of the seam), reached
+            by a whole shrink factor (:meth:`poisson_factor`).
         color_reuse: the colour transfer's statistics of a track are computed every this many frames
             and reused in between (1: every frame), unless the target's window changed its mean
             colour by more than ``color_tolerance`` grey levels (a cut, a light switched on). The
@@ -267,6 +268,16 @@ class MeshBlender:
     def set_source(self, bank: SourceBank) -> None:
         """Forget the colour statistics (they depend on the source)."""
         self._colour.clear()
+
+    def poisson_factor(self, size: float) -> int:
+        """How many times smaller than the crop the Poisson correction of a face of ``size`` pixels is
+        solved: the whole number nearest ``size / poisson_size``, at least 1.
+
+        A whole factor, not the exact ratio: a grid just short of the crop's costs more than the crop's
+        own (two resamplings, and no fewer multigrid levels) and misplaces the seam by a fraction of a
+        pixel, and halving or thirding keeps OpenCV's fast area filter.
+        """
+        return max(1, round(size / self.poisson_size))
 
     def blend(self, work: FaceWork) -> tuple[np.ndarray, np.ndarray]:
         """``(output, alpha)`` for one face: uint8 RGB crop and float32 paste weights."""
@@ -309,7 +320,7 @@ class MeshBlender:
             weight = valid * fixed
             diff = cv2.subtract(bg8, fg8, dtype=cv2.CV_32F)
             cv2.multiply(diff, cv2.merge((weight, weight, weight)), dst=diff)
-            corr = poisson_correction(diff, fixed, scale=min(1.0, self.poisson_size / size))
+            corr = poisson_correction(diff, fixed, scale=1.0 / self.poisson_factor(size))
             out8 = cv2.add(corr, fg8, dtype=cv2.CV_8U)
             cv2.copyTo(out8, region.view(np.uint8), output[win])
             alpha[win] = m

@@ -60,12 +60,25 @@ class WarpMap:
 
     x0: int
     y0: int
-    map_x: np.ndarray
-    """(h, w) float32 x in ``PreparedSource.levels[level]`` pixels."""
-    map_y: np.ndarray
-    coverage: np.ndarray
-    """(h, w) float32 in [0, 1]: 1 where a usable source triangle maps inside the source image."""
+    planes: np.ndarray
+    """(h, w, 3) float32: source x and y in ``PreparedSource.levels[level]`` pixels, and the coverage.
+    One array, so that carrying the map to the next frame is one resampling, not three."""
     level: int
+
+    @property
+    def map_x(self) -> np.ndarray:
+        """(h, w) view: x in ``PreparedSource.levels[level]`` pixels."""
+        return self.planes[..., 0]
+
+    @property
+    def map_y(self) -> np.ndarray:
+        """(h, w) view: y in ``PreparedSource.levels[level]`` pixels."""
+        return self.planes[..., 1]
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """(h, w) view in [0, 1]: 1 where a usable source triangle maps inside the source image."""
+        return self.planes[..., 2]
 
 
 def _corners(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
@@ -220,7 +233,7 @@ class MeshWarpReenactor:
         """``old`` (built for a crop at ``origin``) moved by ``motion`` (old frame -> this frame) into
         ``work``'s crop: one affine resampling of each array, over the box the old map lands in."""
         crop_w, crop_h = work.crop.size
-        oh, ow = old.coverage.shape
+        oh, ow = old.planes.shape[:2]
         ox, oy = origin[0] + old.x0, origin[1] + old.y0  # the old map's top-left, old frame pixels
         corners = np.array([[0, 0], [ow, 0], [0, oh], [ow, oh]], np.float64) + np.array([ox - 0.5, oy - 0.5])
         moved = corners @ motion[:, :2].T + motion[:, 2] - work.crop.origin
@@ -233,10 +246,9 @@ class MeshWarpReenactor:
         size = (int(x1 - x0), int(y1 - y0))
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         # Outside the old map nothing is sampled (far outside the source) and nothing is covered.
-        mx = cv2.warpAffine(old.map_x, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=-1e6)
-        my = cv2.warpAffine(old.map_y, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=-1e6)
-        cov = cv2.warpAffine(old.coverage, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return WarpMap(int(x0), int(y0), mx, my, cov, old.level)
+        planes = cv2.warpAffine(old.planes, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=(-1e6, -1e6, 0.0))
+        return WarpMap(int(x0), int(y0), planes, old.level)
 
     def build_map(self, work: FaceWork) -> WarpMap | None:
         """The map from ``work``'s crop into its source, built from the two meshes."""
@@ -287,14 +299,11 @@ class MeshWarpReenactor:
         lh, lw = src.levels[level].shape[:2]
         cov = inside & np.append(src.valid[draw], False)[ids]
         cov &= (mx >= -0.5) & (mx <= lw - 0.5) & (my >= -0.5) & (my <= lh - 0.5)
-        cov = cov.view(np.uint8).astype(np.float32)
+        planes = cv2.merge((mx, my, cov.view(np.uint8).astype(np.float32)))
         w, h = min(gw * s, crop_w - x0), min(gh * s, crop_h - y0)
         if s > 1:
-            size = (gw * s, gh * s)
-            mx = cv2.resize(mx, size, interpolation=cv2.INTER_LINEAR)
-            my = cv2.resize(my, size, interpolation=cv2.INTER_LINEAR)
-            cov = cv2.resize(cov, size, interpolation=cv2.INTER_LINEAR)
-        return WarpMap(x0, y0, mx[:h, :w], my[:h, :w], cov[:h, :w], level)
+            planes = cv2.resize(planes, (gw * s, gh * s), interpolation=cv2.INTER_LINEAR)
+        return WarpMap(x0, y0, planes[:h, :w], level)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:
@@ -304,15 +313,16 @@ class MeshWarpReenactor:
             wm = self.dense_map(work)
             if wm is not None:
                 src = self._lookup(work.source).levels[wm.level]
-                ph, pw = wm.coverage.shape
+                ph, pw = wm.planes.shape[:2]
                 # Uncovered pixels hold no source (no folded or out-of-image samples leak on): send
                 # them outside the image, where remap's constant border writes 0. (Into a copy: the
                 # map itself may be carried to later frames, where these pixels' neighbours need it.)
-                map_x = np.where(wm.coverage > 0, wm.map_x, np.float32(-1e6))
-                cv2.remap(src, map_x, wm.map_y, cv2.INTER_LINEAR,
+                map_x, map_y, cov = cv2.split(wm.planes)
+                map_x = np.where(cov > 0, map_x, np.float32(-1e6))
+                cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR,
                           dst=out[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw],
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                coverage[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw] = wm.coverage
+                coverage[wm.y0:wm.y0 + ph, wm.x0:wm.x0 + pw] = cov
             work.reenacted = out
             work.coverage = coverage
 

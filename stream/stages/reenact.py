@@ -231,7 +231,7 @@ class MeshWarpReenactor:
     @staticmethod
     def _carry(old: WarpMap, origin: tuple[int, int], motion: np.ndarray, work: FaceWork) -> WarpMap | None:
         """``old`` (built for a crop at ``origin``) moved by ``motion`` (old frame -> this frame) into
-        ``work``'s crop: one affine resampling of each array, over the box the old map lands in."""
+        ``work``'s crop: one affine resampling of its planes, over the box the old map lands in."""
         crop_w, crop_h = work.crop.size
         oh, ow = old.planes.shape[:2]
         ox, oy = origin[0] + old.x0, origin[1] + old.y0  # the old map's top-left, old frame pixels

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.sparse import lil_matrix
 from scipy.sparse.linalg import spsolve
-from stagefaces import astronaut, grace_hopper, source, work_for
+from stagefaces import astronaut, grace_hopper, rescale, source, work_for
 
+from stream import mesh
 from stream.exceptions import InputError
 from stream.frames import FaceWork
 from stream.stages import ClassicalCompleter, MeshSegmenter, MeshWarpReenactor, SourceBank, Stage
@@ -95,6 +96,19 @@ def test_poisson_solve_shrinks_by_whole_factors() -> None:
     ours = seam_error(1.0 / blender.poisson_factor(100))
     assert ours < 0.5
     assert ours < 0.5 * seam_error(96 / 100)
+
+
+def test_blender_solves_a_face_just_over_poisson_size_on_its_own_grid() -> None:
+    # Through the stage itself: a 110 px face with poisson_size 96 is solved at full size, exactly as
+    # with poisson_size 110 (a fractional grid, 96/110 of the crop, would give another result).
+    img, lm = rescale(*astronaut(), 110)
+    work = _prepared(img, lm)
+    assert MeshBlender().poisson_factor(mesh.face_size(work.landmarks)) == 1
+    out96, alpha96 = MeshBlender(poisson_size=96).blend(work)
+    out110, alpha110 = MeshBlender(poisson_size=110).blend(work)
+    np.testing.assert_array_equal(out96, out110)
+    np.testing.assert_array_equal(alpha96, alpha110)
+    assert (out96 != work.image).any()
 
 
 def test_pyramid_blend_keeps_fg_inside_and_bg_beyond_its_reach() -> None:

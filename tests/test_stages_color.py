@@ -51,3 +51,15 @@ def test_empty_mask_and_none_mode_leave_the_image() -> None:
     np.testing.assert_array_equal(correct_colors("none", src, full, ref, full), src.astype(np.float32))
     with pytest.raises(InputError, match="lab, none"):
         correct_colors("hsv", src, full, ref, full)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("color", "warmed"), [("lab", 1), ("none", 0)])
+def test_a_lab_blender_builds_the_lab_tables_when_it_is_made(color: str, warmed: int) -> None:
+    # OpenCV builds its 8-bit LAB tables on the first conversion (~0.1 s): the blender does it at
+    # set-up so that the first frame with a face does not stall a live stream.
+    from stream.stages.blend import MeshBlender
+    from stream.stages.color import warm_up_lab
+
+    warm_up_lab.cache_clear()
+    MeshBlender(color=color)
+    assert warm_up_lab.cache_info().currsize == warmed

@@ -39,6 +39,7 @@ from stream.stages.color import (
     reference_lab_stats,
     reinhard_lut,
     to_uint8,
+    warm_up_lab,
 )
 from stream.stages.temporal import TrackMemo
 
@@ -264,6 +265,8 @@ class MeshBlender:
         self.name = name or f"blend_{mode}"
         # Per (track, source face): the LAB lookup table and the target window's mean colour.
         self._colour: TrackMemo[tuple[np.ndarray, np.ndarray]] = TrackMemo(color_reuse)
+        if color == "lab":
+            warm_up_lab()  # at set-up, not on the first frame with a face
 
     def set_source(self, bank: SourceBank) -> None:
         """Forget the colour statistics (they depend on the source)."""

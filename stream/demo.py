@@ -9,6 +9,7 @@ timestamps and sound survive.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -56,10 +57,29 @@ def _head_sprite(astronaut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_target_frames(width: int = 1280, height: int = 720, frames: int = 90, *, seed: int = 0,
-                         empty_head: int = 8, empty_tail: int = 8):
-    """Yield the target clip's RGB frames: no face for ``empty_head`` frames, then a moving, turning head."""
+                         empty_head: int = 8, empty_tail: int = 8,
+                         sensor_noise: float = 0.0) -> Iterator[np.ndarray]:
+    """The target clip's RGB frames: no face for ``empty_head`` frames, then a moving, turning head.
+
+    ``sensor_noise`` > 0 adds fresh Gaussian noise of that many grey levels (standard deviation) to every
+    frame, as a camera sensor does: without it the background is still, which an encoder codes almost
+    for free, so such a clip says little about the cost of encoding real footage.
+    """
+    check_sensor_noise(sensor_noise)  # now, not on the first frame: a bad value must not start a file
+    return _render(width, height, frames, seed, empty_head, empty_tail, sensor_noise)
+
+
+def check_sensor_noise(sigma: float) -> None:
+    """Raise :class:`InputError` unless ``sigma`` is a usable noise level (finite, >= 0)."""
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise InputError(f"sensor noise must be a finite number of grey levels >= 0, got {sigma:g}")
+
+
+def _render(width: int, height: int, frames: int, seed: int, empty_head: int, empty_tail: int,
+            sensor_noise: float) -> Iterator[np.ndarray]:
     astronaut, _ = sample_faces()
     rng = np.random.default_rng(seed)
+    grain = np.random.default_rng(seed + 1)  # its own stream: the scene is the same with or without noise
     bg = _background(width, height, rng)
     sprite, alpha = _head_sprite(astronaut)
     base_scale = min(width, height) / 720 * 1.1
@@ -77,14 +97,19 @@ def render_target_frames(width: int = 1280, height: int = 720, frames: int = 90,
             warped = cv2.warpAffine(sprite, m, (width, height), flags=cv2.INTER_LINEAR)
             a = cv2.warpAffine(alpha, m, (width, height), flags=cv2.INTER_LINEAR)[..., None]
             frame = (warped * a + frame * (1 - a) + 0.5).astype(np.uint8)
+        if sensor_noise > 0:
+            noise = grain.standard_normal(frame.shape, np.float32) * np.float32(sensor_noise)
+            frame = cv2.add(frame, noise, dtype=cv2.CV_8U)  # rounded and saturated
         yield frame
 
 
 def write_target_clip(path: Path, *, width: int = 1280, height: int = 720, frames: int = 90, fps: int = 30,
-                      audio: bool = True) -> Path:
-    """Encode the sample target clip (H.264 near-lossless + AAC tone) to ``path``."""
+                      audio: bool = True, sensor_noise: float = 0.0) -> Path:
+    """Encode the sample target clip (H.264 near-lossless + AAC tone) to ``path``; ``sensor_noise``: see
+    :func:`render_target_frames`."""
     import av
 
+    frames_iter = render_target_frames(width, height, frames, sensor_noise=sensor_noise)
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
@@ -95,7 +120,7 @@ def write_target_clip(path: Path, *, width: int = 1280, height: int = 720, frame
             a.layout = "stereo"
         samples_per_frame = 48000 // fps
         sample_pos = 0
-        for i, rgb in enumerate(render_target_frames(width, height, frames)):
+        for i, rgb in enumerate(frames_iter):
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts = i
             vf.time_base = Fraction(1, fps)

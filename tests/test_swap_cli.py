@@ -252,6 +252,34 @@ def test_demo_builds_the_sample_clip_swaps_it_and_says_where(tmp_path):
         assert c.metadata.get("synthetic") == "true"
 
 
+def test_sensor_noise_changes_every_frame_by_sigma_and_keeps_the_scene() -> None:
+    from stream.demo import render_target_frames
+
+    still = list(render_target_frames(320, 180, 4, empty_head=1, empty_tail=0))
+    noisy = list(render_target_frames(320, 180, 4, empty_head=1, empty_tail=0, sensor_noise=3.0))
+    for a, b in zip(still, noisy, strict=True):
+        d = b.astype(np.float32) - a.astype(np.float32)
+        assert abs(float(d.mean())) < 0.2 and 2.7 < float(d.std()) < 3.3
+    # Fresh noise in every frame: the still background (a corner the face never reaches) moves.
+    assert np.array_equal(still[0][:20, :20], still[1][:20, :20])
+    moved = np.abs(noisy[1][:20, :20].astype(np.float32) - noisy[0][:20, :20]).mean()
+    assert float(moved) > 2.0  # two independent draws of sigma 3: about 3.4 on average
+
+
+def test_demo_with_sensor_noise_builds_a_noisy_clip_and_refuses_a_negative_sigma(tmp_path):
+    d = tmp_path / "noisy"
+    r = facestream("demo", "--output-dir", d, "--frames", "3", "--sensor-noise", "4", "--no-swap", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    frames, _ = read_frames(d / "target.mp4")
+    corner = [f[:40, :40].astype(np.float32) for f in frames]
+    assert float(np.abs(corner[1] - corner[0]).mean()) > 2.0  # no face there: only the noise moves
+    bad = tmp_path / "bad"
+    r = facestream("demo", "--output-dir", bad, "--sensor-noise", "-1", "--no-swap", cwd=tmp_path)
+    assert r.returncode != 0 and "sensor noise" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not bad.exists()
+
+
 # ---- bad input: one line, exit code != 0, no traceback, no output, input untouched ----
 
 def _bad_inputs(tmp: Path, media: dict[str, Path]) -> dict[str, tuple[list[str | Path], str]]:

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "default. No download needed.")
     p.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where to put the files")
     p.add_argument("--frames", type=int, default=90, help="length of the sample clip in frames")
+    p.add_argument("--sensor-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add camera-like noise of SIGMA grey levels to every frame (default 0: a still "
+                        "background, far cheaper to encode than real footage)")
     p.add_argument("--no-swap", action="store_true", help="only build the sample clip")
     p.set_defaults(func=run)
 
@@ -23,12 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import av
 
-    from stream.demo import sample_faces, side_by_side, write_target_clip
+    from stream.demo import check_sensor_noise, sample_faces, side_by_side, write_target_clip
     from stream.swap import SwapOptions, run_swap
 
+    check_sensor_noise(args.sensor_noise)
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = write_target_clip(out_dir / "target.mp4", frames=args.frames)
+    target = write_target_clip(out_dir / "target.mp4", frames=args.frames, sensor_noise=args.sensor_noise)
     _, hopper = sample_faces()
     source = out_dir / "source.jpg"
     shutil.copyfile(hopper, source)

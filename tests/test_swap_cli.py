@@ -188,6 +188,9 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     assert floor["frames"] == swap["frames"] == frames
     assert floor["fps"] > 0 and swap["fps"] > 0
     assert result["ratio_to_floor"] == pytest.approx(swap["fps"] / floor["fps"], abs=1e-3)
+    added = 1000 / swap["fps"] - 1000 / floor["fps"]
+    assert result["added_ms_per_frame"] == pytest.approx(added, abs=1e-3)
+    assert f"the swap adds {result['added_ms_per_frame']:.2f} ms of wall time per frame" in r.stdout
     # Per step, as the issue asks: decode, track, each stage, encode (the floor has no track or stages).
     assert {"decode", "encode"} <= set(floor["ms_per_frame"]) and "track" not in floor["ms_per_frame"]
     assert {"decode", "track", "mesh_warp", "mesh_segment", "inpaint", "blend_poisson", "encode"} <= set(

@@ -62,12 +62,19 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
                                        "cores_busy", "ms_per_frame", "setup_seconds")},
-        "ratio_to_floor": round(swap["fps"] / floor["fps"], 3) if floor["fps"] else None,
-        # What the swap costs on top of decoding and encoding: nearly the same on every clip of a given
-        # face size, while the floor (and so the ratio) depends on how costly the clip is to code.
-        "added_ms_per_frame": (round(1000 / swap["fps"] - 1000 / floor["fps"], 3)
-                               if floor["fps"] and swap["fps"] else None),
+        **against_floor(swap["fps"], floor["fps"]),
     }
+
+
+def against_floor(fps: float, floor_fps: float) -> dict[str, float | None]:
+    """A run's ``ratio_to_floor`` and ``added_ms_per_frame`` (wall time per frame over the floor's).
+
+    The added time is nearly the same on every clip of a given face size, while the floor (and so the
+    ratio) depends on how costly the clip is to decode and encode. None where an fps is 0.
+    """
+    if not (fps and floor_fps):
+        return {"ratio_to_floor": None, "added_ms_per_frame": None}
+    return {"ratio_to_floor": round(fps / floor_fps, 3), "added_ms_per_frame": round(1000 / fps - 1000 / floor_fps, 3)}
 
 
 class ReplayFaces:
@@ -104,8 +111,7 @@ async def bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **swap_
     best = await _best_runs(input, source, repeat, variants, swap_kwargs)
     floor_fps = best["transcode floor"]["fps"]
     rows = {name: {"frames": r["frames"], "fps": r["fps"], "ms_per_frame": round(1000 / r["fps"], 3),
-                   "added_ms_per_frame": round(1000 / r["fps"] - 1000 / floor_fps, 3),
-                   "ratio_to_floor": round(r["fps"] / floor_fps, 3), "cpu_ms_per_frame": r["cpu_ms_per_frame"],
+                   **against_floor(r["fps"], floor_fps), "cpu_ms_per_frame": r["cpu_ms_per_frame"],
                    "cores_busy": r["cores_busy"]}
             for name, r in best.items()}
     return {**_header(input, source, repeat), "breakdown": rows}

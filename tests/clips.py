@@ -72,8 +72,10 @@ def make_clip(
     video_metadata: Mapping[str, str] | None = None,
     format: str | None = None,
     options: Mapping[str, str] | None = None,
+    codec: str = "libx264",
 ) -> Clip:
-    """Write an H.264 clip; ``ticks`` (in 1/``rate`` s) gives a variable frame rate.
+    """Write an H.264 clip (or ``codec``: ``libvpx-vp9`` stores odd sizes in 4:2:0); ``ticks`` (in
+    1/``rate`` s) gives a variable frame rate.
 
     ``audio``: an encoder (``aac``, ``libopus``) for a mono 440 Hz tone as long as the video.
     ``subtitles``: ``"srt"`` (Matroska: two SubRip cues) or ``"mov_text"`` (MP4/MOV).
@@ -83,7 +85,9 @@ def make_clip(
     container = av.open(str(path), "w", format=format, options=dict(options or {}))
     container.metadata.update(metadata or {})
     tb = Fraction(1, rate)
-    video = container.add_stream("libx264", rate=rate, options={"crf": "12", "preset": "ultrafast"})
+    quality = {"libx264": {"crf": "12", "preset": "ultrafast"},
+               "libvpx-vp9": {"crf": "12", "b": "0", "deadline": "realtime", "cpu-used": "8"}}[codec]
+    video = container.add_stream(codec, rate=rate, options=quality)
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.codec_context.time_base = tb
     video.time_base = tb

@@ -121,6 +121,59 @@ async def test_unmodified_frames_stay_above_38_db(tmp_path: Path, name: str) -> 
     assert stats.frames == 30 and stats.bytes == out.stat().st_size and stats.encode_seconds > 0
 
 
+async def test_webm_output_is_vp9_by_default_with_every_frame_kept(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", ticks=VFR_TICKS)
+    out = tmp_path / "out.webm"  # WebM holds no H.264: the default codec follows the container
+    await transcode(clip.path, out)
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "vp9"
+    src, dst = decoded_frames(clip.path), decoded_frames(out)
+    assert len(dst) == len(src)
+    # Matroska counts in milliseconds: each time is the input's to the nearest one.
+    assert all(abs(a - b) <= Fraction(1, 1000) for a, b in zip(_times(clip.path), _times(out), strict=True))
+    values = [psnr(a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24")) for a, b in zip(src, dst, strict=True)]
+    assert min(values) >= 38.0, values
+
+
+def test_codec_follows_the_container_unless_named() -> None:
+    assert EncodeSettings().for_output("x.webm").codec == "libvpx-vp9"
+    assert EncodeSettings().for_output("x.MP4").codec == "libx264"
+    assert EncodeSettings(codec="ffv1").for_output("x.webm").codec == "ffv1"
+    vp9 = EncodeSettings(codec="libvpx-vp9").codec_options()  # x264's preset names, as libvpx speeds
+    assert vp9 == {"crf": "17", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+    assert EncodeSettings(codec="libvpx-vp9", preset="slow").codec_options()["deadline"] == "good"
+    with pytest.raises(OutputError, match="unknown preset 'warp-speed'"):
+        EncodeSettings(codec="libvpx-vp9", preset="warp-speed").codec_options()
+
+
+@pytest.mark.parametrize("modify", [False, True], ids=["passthrough", "modified"])
+async def test_odd_frame_size_is_kept_whole(tmp_path: Path, modify: bool, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    # VP9 (a browser's recording, a cropped clip) stores 161x121 in 4:2:0; H.264 cannot halve an odd size.
+    clip = make_clip(tmp_path / "odd.webm", frames=9, size=(161, 121), codec="libvpx-vp9")
+    out = tmp_path / "out.mp4"
+    with caplog.at_level(logging.WARNING, logger="stream.sinks"):
+        await _run(clip.path, out, _paint_every_third if modify else None)
+    assert "161x121 is odd-sized" in caplog.text and "writing yuv444p" in caplog.text
+    src, dst = decoded_frames(clip.path), decoded_frames(out)
+    assert len(dst) == len(src) == 9
+    assert {(f.width, f.height, f.format.name) for f in dst} == {(161, 121, "yuv444p")}
+    for i, (a, b) in enumerate(zip(src, dst, strict=True)):
+        if modify and i % 3 == 0:
+            region = b.to_ndarray(format="rgb24")[24:56, 34:86].astype(int)
+            assert np.abs(region - (255, 0, 255)).mean() < 12, f"frame {i}"
+        else:
+            # Unchanged beyond encoding: against the input as the encoder got it (chroma upsampled once;
+            # a player upsamples 4:2:0 its own way, so RGB of the two differs by more than the encode).
+            assert psnr(a.reformat(format="yuv444p").to_ndarray(), b.to_ndarray()) >= 38, f"frame {i}"
+    # VP9 can store the odd size in 4:2:0 itself: nothing to change.
+    caplog.clear()
+    await transcode(clip.path, tmp_path / "out.webm")
+    webm = decoded_frames(tmp_path / "out.webm")
+    assert {(f.width, f.height, f.format.name) for f in webm} == {(161, 121, "yuv420p")}
+    assert "odd-sized" not in caplog.text
+
+
 async def test_rgb_round_trip_is_the_inverse_of_decoding(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "a.mp4", frames=10)
     out = tmp_path / "out.mp4"
@@ -190,7 +243,8 @@ async def test_codec_the_container_cannot_hold_is_refused(tmp_path: Path) -> Non
     source = VideoFileSource(clip.path)
     try:
         with pytest.raises(OutputError, match="cannot hold"):
-            VideoFileSink(tmp_path / "out.webm", source)  # WebM takes no H.264
+            # WebM takes no H.264 (named: left out, the codec would follow the container)
+            VideoFileSink(tmp_path / "out.webm", source, settings=EncodeSettings(codec="libx264"))
         with pytest.raises(OutputError, match="opus audio stream #1"):
             VideoFileSink(tmp_path / "out.mov", source)  # Opus in MOV fails when the header is written
     finally:

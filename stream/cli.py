@@ -8,10 +8,14 @@ module only dispatches and turns errors into one line and an exit code; library 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from stream import __version__
 from stream.exceptions import FacestreamError
@@ -28,6 +32,30 @@ PIPELINE_COMMANDS = frozenset({"swap", "bench", "demo", "live", "serve"})
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process the signal killed
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, systemd), raised where Ctrl-C would be: the same clean-up
+    runs (the partial output is removed) instead of the process dying with its temporary file."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration (main thread only; the servers install
+    their own graceful handlers on the event loop, which take over while it runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cv2.setNumThreads(1)
     try:
-        with filtered_native_stderr():
+        with _sigterm_as_interrupt(), filtered_native_stderr():
             return int(args.func(args) or 0)
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated:
+        print("facestream: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("facestream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,8 +7,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -343,6 +345,34 @@ def test_output_hard_linked_to_input_is_refused(media, tmp_path):
     before = sha256(clip)
     r = facestream("swap", "--source", media["source"], clip, "-o", link, "--no-progress")
     assert r.returncode != 0 and "same file" in r.stderr and "Traceback" not in r.stderr
+    assert sha256(clip) == before
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_run_leaves_nothing_behind(tmp_path, sig, code, word):
+    # Ctrl-C, or kill / docker stop / systemd (SIGTERM) while frames are being written.
+    clip = write_face_clip(tmp_path / "long.mp4", frames=600, audio=False, empty_head=0, empty_tail=0, crf=23)
+    work = tmp_path / "out"
+    work.mkdir()
+    before = sha256(clip)
+    _, hopper = sample_faces()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "swap", "--source", hopper, clip, "-o",
+                             work / "out.mp4", "--no-progress"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(work.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the temporary output appears once the pipeline runs
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1] == f"facestream: {word}", err
+    assert "Traceback" not in err
+    assert list(work.iterdir()) == [], "no output, no temporary file"
     assert sha256(clip) == before
 
 

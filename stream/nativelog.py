@@ -1,4 +1,4 @@
-"""Keeps MediaPipe/TFLite's native log noise off the terminal of the CLI.
+"""Keeps MediaPipe/TFLite's (and SVT-AV1's) native log noise off the terminal of the CLI.
 
 MediaPipe's C++ code writes informational lines straight to file descriptor 2 ("INFO: Created TensorFlow
 Lite XNNPACK delegate", absl ``W0000 ...`` warnings), whatever the environment says. The CLI promises a
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 NOISE = re.compile(
     rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"  # absl/glog INFO and WARNING lines
     rb"|INFO: Created TensorFlow Lite .*delegate"
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|Svt\[(?:info|warn)\]: )"  # SVT-AV1's banner and notes (its errors pass)
 )
 
 

@@ -75,17 +75,21 @@ _DROPPED_KEYS = frozenset({
     "number_of_frames", "number_of_bytes", "bps", "_statistics_writing_app",
     "_statistics_writing_date_utc", "_statistics_tags",
 })
-# Codecs whose quality is set by a CRF and speed by an x264-style preset.
-_CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1",
-                         "libaom-av1"})
-_PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"})
+# Codecs whose quality is set by a CRF: its valid range (checked here: x264 would clamp 99 to 51 silently).
+_CRF_RANGES = {"libx264": (0, 51), "libx264rgb": (0, 51), "libx265": (0, 51), "libvpx-vp9": (0, 63),
+               "libvpx": (4, 63), "libsvtav1": (1, 63), "libaom-av1": (0, 63)}
+# Speed presets, by x264's names (x265 has the same). Checked here: the encoders print their own
+# complaint to stderr before failing with a bare "Invalid argument".
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+_X264_FAMILY = frozenset({"libx264", "libx264rgb", "libx265"})
+# SVT-AV1 numbers its presets (13 fastest); x264's names map to ones of a like speed, numbers pass through.
+_SVT_PRESETS = dict(zip(X264_PRESETS, ("12", "11", "10", "9", "8", "6", "4", "2", "1", "0"), strict=True))
 # libvpx has no presets: its speed is ``deadline`` + ``cpu-used``. The x264 names map to settings of a
 # like speed; all keep untouched 720p frames well above 38 dB at CRF 17 (44 dB measured, 60 noisy frames).
-_VPX_SPEED = {
-    "ultrafast": ("realtime", 8), "superfast": ("realtime", 8), "veryfast": ("realtime", 8),
-    "faster": ("realtime", 7), "fast": ("realtime", 6), "medium": ("good", 4), "slow": ("good", 2),
-    "slower": ("good", 1), "veryslow": ("good", 0), "placebo": ("good", 0),
-}
+_VPX_SPEED = dict(zip(X264_PRESETS, (("realtime", 8), ("realtime", 8), ("realtime", 8), ("realtime", 7),
+                                     ("realtime", 6), ("good", 4), ("good", 2), ("good", 1), ("good", 0),
+                                     ("good", 0)), strict=True))
 # The video encoder used when none is named: the container's usual one (WebM holds only VP8/VP9/AV1).
 _DEFAULT_CODECS = {".webm": "libvpx-vp9"}
 _DEFAULT_CODEC = "libx264"
@@ -142,21 +146,33 @@ class EncodeSettings:
         return replace(self, codec=_DEFAULT_CODECS.get(Path(path).suffix.lower(), _DEFAULT_CODEC))
 
     def codec_options(self) -> dict[str, str]:
-        """The encoder's AVOptions for these settings."""
+        """The encoder's AVOptions for these settings; :class:`OutputError` for a CRF or preset the
+        encoder does not take."""
         codec = self.codec or _DEFAULT_CODEC
         opts: dict[str, str] = {}
-        if self.crf is not None and codec in _CRF_CODECS:
+        if self.crf is not None and codec in _CRF_RANGES:
+            lo, hi = _CRF_RANGES[codec]
+            if not lo <= self.crf <= hi:
+                raise OutputError(f"crf {self.crf} is outside {codec}'s range {lo}..{hi} (lower is better)")
             opts["crf"] = str(self.crf)
             if codec.startswith("libvpx"):
                 opts["b"] = "0"  # constant quality mode
-        if self.preset is not None and codec in _PRESET_CODECS:
-            opts["preset"] = self.preset
-        elif self.preset is not None and codec.startswith("libvpx"):
-            if self.preset not in _VPX_SPEED:
-                raise OutputError(f"unknown preset {self.preset!r} for {codec}; choose from: {', '.join(_VPX_SPEED)}")
-            deadline, cpu_used = _VPX_SPEED[self.preset]
-            # row-mt: libvpx otherwise threads over tile columns only, a few at 720p.
-            opts.update({"deadline": deadline, "cpu-used": str(cpu_used), "row-mt": "1"})
+        preset = self.preset
+        if preset is not None and codec in _X264_FAMILY | {"libsvtav1"} | {"libvpx", "libvpx-vp9"}:
+            numeric = codec == "libsvtav1" and preset.lstrip("-").isdigit() and -2 <= int(preset) <= 13
+            if preset not in X264_PRESETS and not numeric:
+                raise OutputError(f"unknown preset {preset!r} for {codec}; choose from: {', '.join(X264_PRESETS)}"
+                                  + (" or a number -2..13" if codec == "libsvtav1" else ""))
+            if codec in _X264_FAMILY:
+                opts["preset"] = preset
+            elif codec == "libsvtav1":
+                opts["preset"] = preset if numeric else _SVT_PRESETS[preset]
+            else:
+                deadline, cpu_used = _VPX_SPEED[preset]
+                # row-mt: libvpx otherwise threads over tile columns only, a few at 720p.
+                opts.update({"deadline": deadline, "cpu-used": str(cpu_used), "row-mt": "1"})
+        if codec == "libx265":
+            opts["x265-params"] = "log-level=error"  # x265 writes its statistics straight to stderr
         opts.update({str(k): str(v) for k, v in self.options.items()})
         return opts
 

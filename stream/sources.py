@@ -484,6 +484,21 @@ class _PtsFiller:
         self.last = vframe.pts
 
 
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """``thread.join(timeout)``, also for a thread whose ``start()`` a signal cut short: Ctrl-C or SIGTERM
+    raised while ``start()`` waited for the new thread leaves one that runs but is not marked started yet,
+    which ``join`` refuses ("cannot join thread before it is started")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            return
+        except RuntimeError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)
+
+
 class VideoFileSource(FrameTrack):
     """A video file as a :class:`FrameTrack`; decoding runs in a thread of its own.
 
@@ -561,7 +576,7 @@ class VideoFileSource(FrameTrack):
         self._handoff.close()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+            _join(thread, 5.0)
         if thread is not None and thread.is_alive():
             # Closing the container under a running decoder would crash; the daemon thread exits
             # at its next frame and the container is freed with the source.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -96,10 +95,18 @@ def check_paths(options: SwapOptions) -> None:
     out = options.output
     if same_file(out, options.input):
         raise OutputError(f"OUTPUT is the same file as INPUT: {out}; choose another name")
+    if same_file(out, options.source):  # the source is read while the output is written
+        raise OutputError(f"OUTPUT is the same file as SOURCE: {out}; choose another name")
     if not out.parent.resolve().is_dir():
         raise OutputError(f"OUTPUT directory does not exist: {out.parent}")
     if not os.access(out.parent.resolve(), os.W_OK):
         raise OutputError(f"OUTPUT directory is not writable: {out.parent}")
+    encode_settings(options).for_output(out).codec_options()  # a bad --crf or --preset, before any set-up
+    if options.report is not None:
+        from stream.reports import check_report_path
+
+        check_report_path(options.report, "--report", {"INPUT": options.input, "SOURCE": options.source,
+                                                      "OUTPUT": options.output})
     if options.overlap and (options.models is None or options.fsgan_version != "v2"):
         got = "no --models" if options.models is None else f"--fsgan-version {options.fsgan_version}"
         raise InputError(f"--overlap runs the learned FSGAN v2 chain (--models fsgan:DIR, --fsgan-version v2); "
@@ -268,7 +275,21 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
-    step: FrameProcessor = tracker if tracker is not None else FaceTracker()
+    sink: VideoFileSink | None = None
+    try:
+        # The output before the tracker: a container that cannot hold a stream fails before MediaPipe starts.
+        sink = VideoFileSink(options.output, source, settings=encode_settings(options),
+                             metadata=output_metadata(options))
+        step: FrameProcessor = tracker if tracker is not None else FaceTracker()
+    except BaseException:
+        if sink is not None:
+            await sink.abort()
+        source.stop()
+        if split is not None:
+            split.close()
+        else:
+            chain.close()
+        raise
 
     def close_all() -> None:
         step.close()
@@ -288,8 +309,6 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     else:
         workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
         swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
-    sink = VideoFileSink(options.output, source, settings=encode_settings(options),
-                         metadata=output_metadata(options))
     progress = Progress(info.frames, options.progress)
 
     def per_frame(frame: Frame) -> None:
@@ -306,7 +325,9 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     report = build_report(options, stats, bank, setup_seconds, truncated=bool(getattr(source, "truncated", False)))
     report["overlap"] = split is not None
     if options.report is not None:
-        options.report.write_text(json.dumps(report, indent=2) + "\n")
+        from stream.reports import write_json
+
+        write_json(options.report, report)
     return report
 
 

@@ -146,6 +146,22 @@ def test_codec_follows_the_container_unless_named() -> None:
         EncodeSettings(codec="libvpx-vp9", preset="warp-speed").codec_options()
 
 
+def test_crf_and_preset_are_checked_for_the_encoder() -> None:
+    with pytest.raises(OutputError, match=r"crf 99 is outside libx264's range 0\.\.51"):
+        EncodeSettings(crf=99).codec_options()  # x264 itself would clamp it to 51 without a word
+    assert EncodeSettings(codec="libvpx-vp9", crf=60).codec_options()["crf"] == "60"
+    with pytest.raises(OutputError, match="unknown preset 'warp' for libx265; choose from: ultrafast"):
+        EncodeSettings(codec="libx265", preset="warp").codec_options()
+    assert EncodeSettings(codec="libx265").codec_options() == {
+        "crf": "17", "preset": "veryfast", "x265-params": "log-level=error"}
+    # SVT-AV1 numbers its presets: x264's names map onto them, numbers pass through.
+    assert EncodeSettings(codec="libsvtav1").codec_options()["preset"] == "10"
+    assert EncodeSettings(codec="libsvtav1", preset="4").codec_options()["preset"] == "4"
+    with pytest.raises(OutputError, match="or a number"):
+        EncodeSettings(codec="libsvtav1", preset="99").codec_options()
+    assert "preset" not in EncodeSettings(codec="ffv1").codec_options()  # no speed preset to set
+
+
 @pytest.mark.parametrize("modify", [False, True], ids=["passthrough", "modified"])
 async def test_odd_frame_size_is_kept_whole(tmp_path: Path, modify: bool, caplog: pytest.LogCaptureFixture
                                             ) -> None:
@@ -322,8 +338,10 @@ async def test_bad_output_paths_and_settings(tmp_path: Path) -> None:
             VideoFileSink(tmp_path, source)
         with pytest.raises(OutputError, match="unknown video encoder 'nope'"):
             VideoFileSink(tmp_path / "out.mp4", source, settings=EncodeSettings(codec="nope"))
-        with pytest.raises(OutputError, match="cannot open encoder"):
+        with pytest.raises(OutputError, match="unknown preset 'warp-speed'"):
             VideoFileSink(tmp_path / "out.mp4", source, settings=EncodeSettings(preset="warp-speed"))
+        with pytest.raises(OutputError, match="cannot open encoder libx264 for 160x120 yuv420p"):
+            VideoFileSink(tmp_path / "out.mp4", source, settings=EncodeSettings(options={"profile": "no-such"}))
     finally:
         source.stop()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]

@@ -325,6 +325,35 @@ def test_bad_input_gets_one_line_and_no_output(case, media, tmp_path):
     assert {p: sha256(p) for p in tmp_path.iterdir()} == before, "no file created, none changed"
 
 
+BAD_OPTIONS = {
+    "report is the input": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--report", "{clip}"],
+                            "--report"),
+    "report in a missing directory": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--report",
+                                       "{tmp}/nope/r.json"], "does not exist"),
+    "output is the source": (["swap", "--source", "{clip2}", "{clip}", "-o", "{clip2}"], "same file as SOURCE"),
+    "crf out of range": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--crf", "99"], "crf 99"),
+    "unknown preset": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--preset", "warp"], "preset 'warp'"),
+    "bench json is the input": (["bench", "{clip}", "--source", "{src}", "--json", "{clip}"], "--json"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_options_get_one_line_and_touch_nothing(case, media, tmp_path):
+    # Checked before the run: no output, and above all no input replaced by a report.
+    clip, clip2 = tmp_path / "in.mp4", tmp_path / "in2.mp4"
+    clip.write_bytes(media["cfr"].read_bytes())
+    clip2.write_bytes(media["cfr"].read_bytes())
+    template, needle = BAD_OPTIONS[case]
+    args = [a.format(src=media["source"], clip=clip, clip2=clip2, out=tmp_path / "out.mp4", tmp=tmp_path)
+            for a in template]
+    before = {p: sha256(p) for p in tmp_path.iterdir()}
+    r = facestream(*args, "--no-progress" if args[0] == "swap" else "--repeat=1", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facestream: error:") and needle in lines[0], r.stderr
+    assert {p: sha256(p) for p in tmp_path.iterdir()} == before, "no file created, none changed"
+
+
 def test_output_equal_to_input_is_refused(media, tmp_path):
     clip = tmp_path / "same.mp4"
     clip.write_bytes(media["cfr"].read_bytes())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stream.exceptions import InputError
+    from stream.reports import check_report_path, write_json
 
+    check_report_path(args.json, "--json", {"INPUT": args.input, "--source": args.source})
     if args.engines:
         from stream.bench_engines import run_engine_bench
 
@@ -62,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = run_bench_swap(args.input, source, repeat=args.repeat, crf=args.crf, preset=args.preset)
             print(format_swap_table(result))
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(f"facestream: wrote {args.json}", file=sys.stderr)
     return 0

@@ -1,0 +1,53 @@
+"""JSON side outputs (``swap --report``, ``bench --json``): checked before a run starts, written whole.
+
+A report path is a user's typo away from an input: ``--report in.mp4`` must not replace the video the
+run reads, and a missing directory must fail before minutes of work, not after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stream.exceptions import OutputError
+from stream.sinks import same_file
+
+
+def check_report_path(path: Path, option: str, protected: Mapping[str, Path | None]) -> None:
+    """Raise :class:`OutputError` unless a JSON file can be written at ``path`` without replacing any of
+    ``protected`` (label -> path, e.g. ``{"INPUT": ..., "OUTPUT": ...}``; None entries are skipped).
+
+    ``option`` names the flag in the message (``--report``).
+    """
+    for label, other in protected.items():
+        if other is not None and same_file(path, other):
+            raise OutputError(f"{option} {path} is the same file as {label}; choose another name")
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a directory; give a file name such as {path / 'report.json'}")
+    parent = path.parent.resolve()
+    if not parent.is_dir():
+        raise OutputError(f"{option} directory does not exist: {path.parent}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{option} directory is not writable: {path.parent}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` through a temporary file in the same directory, so a
+    reader never sees half a report and a failed write leaves the previous file as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".facestream-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = ["check_report_path", "write_json"]

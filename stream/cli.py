@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cv2.setNumThreads(1)
     try:
-        with _sigterm_as_interrupt(), filtered_native_stderr():
+        # argv None: running as the program (tests pass theirs), which exits right after this returns.
+        with _sigterm_as_interrupt(), filtered_native_stderr(until_exit=argv is None):
             return int(args.func(args) or 0)
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)

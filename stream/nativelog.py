@@ -8,6 +8,7 @@ on unchanged. Python's own ``sys.stderr`` keeps writing to the real terminal dir
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -28,8 +29,13 @@ NOISE = re.compile(
 
 
 @contextlib.contextmanager
-def filtered_native_stderr() -> Iterator[None]:
-    """Route fd 2 through a filter for the duration of the block (no-op where fd 2 cannot be replaced)."""
+def filtered_native_stderr(*, until_exit: bool = False) -> Iterator[None]:
+    """Route fd 2 through a filter for the duration of the block (no-op where fd 2 cannot be replaced).
+
+    ``until_exit``: keep filtering after the block, until the interpreter exits. For the CLI as a
+    program: a run stopped early (an error, Ctrl-C) returns while MediaPipe's graph threads may still be
+    starting up, and what they print then would otherwise land after the one-line message.
+    """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -53,9 +59,8 @@ def filtered_native_stderr() -> Iterator[None]:
 
     thread = threading.Thread(target=pump, name="facestream-native-stderr", daemon=True)
     thread.start()
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         with contextlib.suppress(Exception):
             real.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
@@ -63,3 +68,13 @@ def filtered_native_stderr() -> Iterator[None]:
         sys.stderr = old_stderr
         real.close()
         os.close(saved)
+
+    try:
+        yield
+    finally:
+        if until_exit:
+            with contextlib.suppress(Exception):
+                real.flush()
+            atexit.register(restore)  # after the last Python code, before daemon threads are stopped
+        else:
+            restore()

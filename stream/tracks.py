@@ -11,8 +11,10 @@ frames leave in order.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -158,15 +160,26 @@ class ProcessorTrack(WorkerTrack):
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix=f"facestream-{name}")
         self._on_close = on_close
+        self._inflight: set[concurrent.futures.Future[Frame]] = set()
+        self._local = threading.local()
 
     def _run(self, frame: Frame) -> Frame:
-        t0 = time.perf_counter()
-        out = self._fn(frame)
-        out.timings.setdefault(self.name, time.perf_counter() - t0)
-        return out
+        self._local.inside = True
+        try:
+            t0 = time.perf_counter()
+            out = self._fn(frame)
+            out.timings.setdefault(self.name, time.perf_counter() - t0)
+            return out
+        finally:
+            self._local.inside = False
+
+    def _submit(self, frame: Frame) -> asyncio.Future[Frame]:
+        future = self._executor.submit(self._run, frame)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return asyncio.wrap_future(future)
 
     async def _produce(self) -> None:
-        loop = asyncio.get_running_loop()
         pending: deque[tuple[Frame, asyncio.Future[Frame]]] = deque()
         upstream_done = False
         try:
@@ -177,7 +190,7 @@ class ProcessorTrack(WorkerTrack):
                     except EndOfStream:
                         upstream_done = True
                         break
-                    pending.append((frame, loop.run_in_executor(self._executor, self._run, frame)))
+                    pending.append((frame, self._submit(frame)))
                 if not pending:
                     break
                 frame, future = pending.popleft()
@@ -193,13 +206,20 @@ class ProcessorTrack(WorkerTrack):
                 future.cancel()
 
     def stop(self) -> None:
+        """Stop the worker and the upstream. With its own executor, also wait (up to 30 s) for the calls
+        already running: whoever closes ``fn``'s models next (``on_close``, the pipeline's ``stop``) must
+        not pull them from under a frame in progress. A shared executor runs its owner's clean-up after
+        them anyway, and the loop is not held up for them."""
         if not self._stop_worker():
             return
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            running = [f for f in list(self._inflight) if not f.done()]
+            if running and not getattr(self._local, "inside", False):
+                concurrent.futures.wait(running, timeout=30.0)
         if self._on_close is not None:
             with contextlib.suppress(Exception):
                 self._on_close()
-        if self._own_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
         """``stop()`` and wait for the worker task to finish."""

@@ -34,3 +34,19 @@ def test_noise_is_dropped_and_everything_else_passes() -> None:
         "x264 [error]: malloc of size 123 failed",
         "facestream: error: the one line",
     ])
+
+
+def test_until_exit_keeps_filtering_what_threads_print_after_the_block() -> None:
+    # A run stopped early returns while native threads are still starting; their lines come later.
+    script = r"""
+import os, sys
+from stream.nativelog import filtered_native_stderr
+with filtered_native_stderr(until_exit=True):
+    print("facestream: interrupted", file=sys.stderr)
+os.write(2, b"W0000 00:00:1795290183.046255    5820 inference_feedback_manager.cc:114] Feedback manager\n")
+os.write(2, b"a real problem\n")
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["facestream: interrupted", "a real problem"]

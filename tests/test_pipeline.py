@@ -125,3 +125,26 @@ async def test_keep_latest_processor_drops_under_slow_consumer():
     track.stop()  # idempotent
     assert got == sorted(got) and got[-1] == 29
     assert track.dropped > 0 and len(got) + track.dropped == 30
+
+
+async def test_stopping_waits_for_the_frame_in_progress_before_closing_resources():
+    # A run stopped mid-frame (Ctrl-C, a failing sink) must not close a model under a running call:
+    # the tracker's MediaPipe graph complained, or worse, when it did.
+    started, events = threading.Event(), []
+
+    def slow(frame: Frame) -> Frame:
+        started.set()
+        time.sleep(0.3)
+        events.append("frame done")
+        return frame
+
+    def release() -> None:
+        events.append("closed")
+
+    track = ProcessorTrack(ListSource(numbered_frames(5)), slow, name="slow", on_close=release)
+    pipeline = asyncio.create_task(run_pipeline(track, MemorySink(), stop=lambda: events.append("pipeline stop")))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait)
+    pipeline.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pipeline
+    assert events == ["frame done", "closed", "pipeline stop"]

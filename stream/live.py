@@ -34,7 +34,7 @@ from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFac
 from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pixels import lazy_capable, rgb_image, yuv420_frame
-from stream.sinks import is_isobmff, synthetic_marks
+from stream.sinks import is_isobmff, same_file, synthetic_marks
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -594,6 +594,18 @@ class LiveOptions:
     queue_size: int = 1
 
 
+def check_live_paths(options: LiveOptions) -> None:
+    """Refuse a recording OUTPUT that is the INPUT file or the SOURCE image: the recording is written in
+    place while they are read (:class:`OutputError`)."""
+    if options.output is None or output_kind(options.output) != "file":
+        return
+    out = Path(options.output)
+    if input_kind(options.input) == "file" and same_file(out, Path(options.input)):
+        raise OutputError(f"OUTPUT is the same file as INPUT: {out}; choose another name")
+    if same_file(out, options.source):
+        raise OutputError(f"OUTPUT is the same file as SOURCE: {out}; choose another name")
+
+
 async def run_live(
     options: LiveOptions,
     *,
@@ -610,6 +622,7 @@ async def run_live(
     from stream.serving.metrics import LatencyWindow, RateMeter
     from stream.tracks import ProcessorTrack
 
+    check_live_paths(options)
     loop = asyncio.get_running_loop()
     source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
     mode = {"facestream_mode": "live/weight-free" if processor is None else "live"}

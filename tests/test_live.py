@@ -58,6 +58,38 @@ def test_bad_inputs_fail_early(tmp_path: Path) -> None:
         open_output(str(tmp_path / "no" / "dir" / "out.mp4"))
 
 
+async def test_a_recording_may_not_replace_its_input_or_source(tmp_path: Path) -> None:
+    clip = _write_clip(tmp_path / "cam.mp4", face_frames(160, 120, 3))
+    face = write_jpeg(tmp_path / "face.jpg", face_frames(160, 120, 1)[0])
+    before = clip.read_bytes(), face.read_bytes()
+    with pytest.raises(OutputError, match="same file as INPUT"):
+        await run_live(LiveOptions(source=face, input=str(clip), output=str(tmp_path / "." / "cam.mp4")))
+    with pytest.raises(OutputError, match="same file as SOURCE"):
+        await run_live(LiveOptions(source=face, input=str(clip), output=str(face)))
+    assert (clip.read_bytes(), face.read_bytes()) == before
+
+
+def test_live_report_path_is_checked_before_the_session(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from matplotlib import cbook
+
+    from stream.cli import main
+
+    clip = _write_clip(tmp_path / "cam.mp4", face_frames(320, 240, 3))
+    face = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    before = clip.read_bytes()
+    # A report over the input, or in a missing directory: refused up front, not after the session.
+    assert main(["live", "--source", str(face), str(clip), "--report", str(clip)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"facestream: error: --report {clip} is the same file as INPUT; choose another name\n"
+    assert main(["live", "--source", str(face), str(clip), "--report", str(tmp_path / "no" / "r.json")]) == 1
+    assert "--report directory does not exist" in capsys.readouterr().err
+    assert clip.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cam.mp4"]
+    # Where it can go, the report is written after the session.
+    assert main(["live", "--source", str(face), str(clip), "--report", str(tmp_path / "r.json")]) == 0
+    assert '"frames_in": 3' in (tmp_path / "r.json").read_text()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pyvirtualcam") is not None, reason="pyvirtualcam is installed")
 def test_virtual_camera_output_names_the_missing_extra() -> None:
     with pytest.raises(OutputError, match=r"pyvirtualcam.*facestream\[virtualcam\]"):

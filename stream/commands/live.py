@@ -67,10 +67,17 @@ async def _live(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream.live import input_kind, output_kind
+    from stream.reports import check_report_path, write_json
+
+    if args.report is not None:  # now, not after a long session
+        check_report_path(args.report, "--report", {
+            "INPUT": Path(args.input) if input_kind(args.input) == "file" else None, "SOURCE": args.source,
+            "OUTPUT": Path(args.output) if args.output and output_kind(args.output) == "file" else None})
     report = asyncio.run(_live(args))
     text = json.dumps(report, indent=2)
     if args.report is not None:
-        args.report.write_text(text + "\n")
+        write_json(args.report, report)
     lat = report["latency_ms"]
     print(f"facestream: {report['frames_out']} frames out of {report['frames_in']} captured, "
           f"{report['dropped']} dropped, {report['reconnects']} reconnects, added latency p50 {lat['p50']} ms "

@@ -105,10 +105,20 @@ def _verify(path: Path, sha256: str) -> None:
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    # torch.save writes a zip archive (or, before 1.6, a pickle): anything else, e.g. an ONNX graph,
+    # would only get unpickling's long complaint.
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path}: not a torch checkpoint (torch.save writes a zip archive or a pickle)")
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses globals outside torch's allow-list; report it without the long hint text.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0]  # torch's first line goes on with advice on weights_only=False
         raise CheckpointError(
             f"{path}: refused: the file needs code to unpickle (weights_only=True): {first}"
         ) from exc

@@ -46,3 +46,21 @@ def test_errors_are_one_line_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     assert "known networks" in capsys.readouterr().err
     assert main(["export", "fsgan_segmentation_v2.tiny", "--batch", "many"]) == 1
     assert "--batch must be an integer" in capsys.readouterr().err
+
+
+def test_output_may_not_replace_the_checkpoint(
+    fsgan_fixtures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "gb.pth"
+    ckpt.write_bytes((fsgan_fixtures / "blending_v2_small.pth").read_bytes())
+    before = ckpt.read_bytes()
+    # `-o gb.pth` had written the ONNX graph over the weights.
+    assert main(["export", str(ckpt), "-o", str(ckpt)]) == 1
+    assert "ending in .onnx" in capsys.readouterr().err
+    link = tmp_path / "gb.onnx"
+    link.symlink_to(ckpt)
+    assert main(["export", str(ckpt), "-o", str(link)]) == 1
+    assert "is the checkpoint being exported" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "no" / "gb.onnx")]) == 1
+    assert "directory does not exist" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gb.onnx", "gb.pth"]

@@ -97,3 +97,11 @@ def test_unknown_layout_and_missing_file(tmp_path: Path) -> None:
         engines.load_checkpoint(tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="does not exist"):
         engines.load_checkpoint(tmp_path / "absent.pth")
+
+
+def test_a_file_torch_did_not_write_is_named_as_such(tmp_path: Path) -> None:
+    # An ONNX graph (a protobuf) saved under .pth: one short line, not unpickling's paragraph of advice.
+    graph = tmp_path / "graph.pth"
+    graph.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(64))
+    with pytest.raises(CheckpointError, match=r"not a torch checkpoint \(torch.save writes a zip archive"):
+        engines.load_checkpoint(graph)

@@ -69,6 +69,19 @@ def _load(args: argparse.Namespace):  # -> nn.Module
     return engines.create_network(config.name)
 
 
+def _check_output(output: Path, source: Path) -> None:
+    """Refuse an OUTPUT that is not an .onnx file (a slip of ``-o model.pth`` replaced the weights) or is
+    the checkpoint itself, and one in a missing directory, before the export's seconds of work."""
+    from stream.sinks import same_file
+
+    if output.suffix.lower() != ".onnx":
+        raise OutputError(f"-o {output}: the export is an ONNX graph; give a file name ending in .onnx")
+    if source.exists() and same_file(output, source):
+        raise OutputError(f"-o {output} is the checkpoint being exported; choose another name")
+    if not output.parent.resolve().is_dir():
+        raise OutputError(f"-o directory does not exist: {output.parent}")
+
+
 def run(args: argparse.Namespace) -> int:
     from engines.exceptions import ArchitectureError, CheckpointError, EnginesError, UnknownNetworkError
     from engines.export import export_onnx
@@ -80,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
             batch = int(args.batch)
         except ValueError:
             raise InputError(f"--batch must be an integer or 'dynamic', got {args.batch!r}") from None
+    if args.output is not None:
+        _check_output(Path(args.output), Path(args.source))
     try:
         model = _load(args)
         config = getattr(model, "network_config", None)

@@ -354,6 +354,23 @@ def test_bad_options_get_one_line_and_touch_nothing(case, media, tmp_path):
     assert {p: sha256(p) for p in tmp_path.iterdir()} == before, "no file created, none changed"
 
 
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["demo", "--output-dir", "{tmp}/file.txt"], "is a file, not a directory"),
+    (["demo", "--frames", "0", "--output-dir", "{tmp}/d"], "--frames must be at least 1"),
+    (["bench", "{tmp}/file.txt", "--repeat", "0"], "--repeat must be at least 1"),
+    (["bench", "--live", "--duration", "0"], "--duration must be a positive"),
+    (["bench", "--engines", "--batch", "0"], "--batch must be at least 1"),
+], ids=["demo dir is a file", "demo no frames", "bench repeat 0", "live bench duration 0", "engines batch 0"])
+def test_demo_and_bench_options_get_one_line(argv, needle, tmp_path, capsys):
+    from stream.cli import main
+
+    (tmp_path / "file.txt").write_text("not a directory")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facestream: error:") and needle in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
 def test_output_equal_to_input_is_refused(media, tmp_path):
     clip = tmp_path / "same.mp4"
     clip.write_bytes(media["cfr"].read_bytes())

@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from stream.reports import check_report_path, write_json
 
     check_report_path(args.json, "--json", {"INPUT": args.input, "--source": args.source})
+    for flag, value in (("--repeat", args.repeat), ("--batch", args.batch)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    if not args.duration > 0:
+        raise InputError(f"--duration must be a positive number of seconds, got {args.duration:g}")
     if args.engines:
         from stream.bench_engines import run_engine_bench
 

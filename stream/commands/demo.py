@@ -27,11 +27,19 @@ def run(args: argparse.Namespace) -> int:
     import av
 
     from stream.demo import check_sensor_noise, sample_faces, side_by_side, write_target_clip
+    from stream.exceptions import InputError, OutputError
     from stream.swap import SwapOptions, run_swap
 
     check_sensor_noise(args.sensor_noise)
+    if args.frames < 1:
+        raise InputError(f"--frames must be at least 1, got {args.frames}")
     out_dir: Path = args.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--output-dir {out_dir} is a file, not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create --output-dir {out_dir}: {exc.strerror or exc}") from exc
     target = write_target_clip(out_dir / "target.mp4", frames=args.frames, sensor_noise=args.sensor_noise)
     _, hopper = sample_faces()
     source = out_dir / "source.jpg"

@@ -265,6 +265,25 @@ async def test_token_is_required_when_configured(factory: CountingFactory) -> No
         await srv.close()
 
 
+async def test_a_port_in_use_or_out_of_range_is_one_clear_error(factory: CountingFactory) -> None:
+    with pytest.raises(InputError, match="port must be 0-65535, got 99999"):
+        ServerConfig(port=99999)
+    with pytest.raises(InputError, match="max_body_bytes"):
+        ServerConfig(max_body_bytes=0)
+    first = FacestreamServer(factory, ServerConfig(port=0))
+    url = await first.start()
+    try:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        second = FacestreamServer(factory, ServerConfig(port=port))
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            await second.start()
+        await second.close()  # nothing left to close, and no complaint
+        async with aiohttp.ClientSession() as http, http.get(url + "healthz") as resp:
+            assert resp.status == 200  # the first one is untouched
+    finally:
+        await first.close()
+
+
 async def test_view_mode_watches_the_live_feed(factory: CountingFactory, still: np.ndarray) -> None:
     feed = LiveFeed()
     srv = FacestreamServer(factory, ServerConfig(port=0), feed=feed)

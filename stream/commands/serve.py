@@ -23,8 +23,11 @@ def add_server_arguments(p: argparse.ArgumentParser, *, default_port: int | None
 
 
 def server_config(args: argparse.Namespace) -> object:
+    from stream.exceptions import InputError
     from stream.serving.server import ServerConfig
 
+    if not args.max_body_mb > 0:
+        raise InputError(f"--max-body-mb must be positive, got {args.max_body_mb:g}")
     return ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024))
 

@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,10 @@ class ServerConfig:
                              "FACESTREAM_TOKEN")
         if self.max_sessions < 1:
             raise InputError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port must be 0-65535, got {self.port}")
+        if self.max_body_bytes < 1:
+            raise InputError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
 
 
 def is_loopback(host: str) -> bool:
@@ -175,7 +180,13 @@ class FacestreamServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, the address is not this machine's...
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio repeats the address
+            raise InputError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}") from exc
         server = site._server
         port = self.config.port
         if server is not None and server.sockets:  # type: ignore[attr-defined]

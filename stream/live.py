@@ -218,7 +218,11 @@ class CaptureSource(FrameTrack):
                 except (av.FFmpegError, OSError) as exc:
                     self.stats.failures += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    logger.info("%s: open failed (%s); retrying", self.spec, self.stats.last_error)
+                    # Said once while it has never answered (a typo'd URL, a camera still booting):
+                    # otherwise the run would wait in silence. Outages already said "reconnecting".
+                    logger.log(logging.INFO if failed else logging.WARNING,
+                               "%s: cannot open (%s); retrying until it answers", self.spec,
+                               self.stats.last_error)
                     self._stop.wait(self.policy.delay(attempt))
                     attempt += 1
                     failed = True

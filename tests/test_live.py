@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import logging
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -56,6 +57,24 @@ def test_bad_inputs_fail_early(tmp_path: Path) -> None:
         open_input(str(tmp_path / "missing.mp4"))
     with pytest.raises(OutputError, match="does not exist"):
         open_output(str(tmp_path / "no" / "dir" / "out.mp4"))
+
+
+async def test_an_input_that_never_answers_is_said_once_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    from liveutil import free_port
+
+    url = f"rtsp://127.0.0.1:{free_port()}/cam"  # nothing listens: every open is refused
+    source = CaptureSource(url, reconnect=ReconnectPolicy(initial=0.01, maximum=0.02))
+    with caplog.at_level(logging.INFO, logger="stream.live"):
+        recv = asyncio.ensure_future(source.recv())
+        deadline = time.monotonic() + 10
+        while source.stats.failures < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        source.stop()
+        with pytest.raises(EndOfStream):
+            await recv
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert source.stats.failures >= 3 and len(warnings) == 1, caplog.text
+    assert "cannot open" in warnings[0].getMessage() and "Connection refused" in warnings[0].getMessage()
 
 
 async def test_a_recording_may_not_replace_its_input_or_source(tmp_path: Path) -> None:

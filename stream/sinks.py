@@ -90,6 +90,7 @@ _SVT_PRESETS = dict(zip(X264_PRESETS, ("12", "11", "10", "9", "8", "6", "4", "2"
 _VPX_SPEED = dict(zip(X264_PRESETS, (("realtime", 8), ("realtime", 8), ("realtime", 8), ("realtime", 7),
                                      ("realtime", 6), ("good", 4), ("good", 2), ("good", 1), ("good", 0),
                                      ("good", 0)), strict=True))
+_PRESET_CODECS = _X264_FAMILY | {"libsvtav1", "libvpx", "libvpx-vp9"}
 # The video encoder used when none is named: the container's usual one (WebM holds only VP8/VP9/AV1).
 _DEFAULT_CODECS = {".webm": "libvpx-vp9"}
 _DEFAULT_CODEC = "libx264"
@@ -158,7 +159,7 @@ class EncodeSettings:
             if codec.startswith("libvpx"):
                 opts["b"] = "0"  # constant quality mode
         preset = self.preset
-        if preset is not None and codec in _X264_FAMILY | {"libsvtav1"} | {"libvpx", "libvpx-vp9"}:
+        if preset is not None and codec in _PRESET_CODECS:
             numeric = codec == "libsvtav1" and preset.lstrip("-").isdigit() and -2 <= int(preset) <= 13
             if preset not in X264_PRESETS and not numeric:
                 raise OutputError(f"unknown preset {preset!r} for {codec}; choose from: {', '.join(X264_PRESETS)}"

@@ -221,6 +221,7 @@ class Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self._t0 = time.monotonic()
         self._last = 0.0
+        self._width = 0  # of the line on screen
         self.count = 0
 
     def __call__(self, frame: Frame) -> None:
@@ -231,12 +232,18 @@ class Progress:
         self._last = now
         fps = self.count / max(now - self._t0, 1e-6)
         total = f"/{self.total}" if self.total else ""
-        sys.stderr.write(f"\rfacestream: frame {self.count}{total}  {fps:5.1f} fps")
+        line = f"facestream: frame {self.count}{total}  {fps:5.1f} fps"
+        sys.stderr.write("\r" + line.ljust(self._width))
+        self._width = len(line)
         sys.stderr.flush()
 
     def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        """Wipe the line: the summary or the error that follows takes its place (a stale 'frame 271/300'
+        would sit above a run that wrote all 300)."""
+        if self.enabled and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+            self._width = 0
 
 
 def encode_settings(options: SwapOptions) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import io
+import itertools
 import json
 import os
 import signal
@@ -435,3 +437,35 @@ def test_pipeline_commands_run_opencv_on_one_thread(tmp_path):
         assert others == 4, "commands outside the pipeline leave OpenCV as it was"
     finally:
         cv2.setNumThreads(-1)
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal shows it: '\r' returns to the start of the line, later text overwrites."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        lines = []
+        for raw in self.getvalue().split("\n"):
+            line = ""
+            for part in raw.split("\r"):
+                line = part + line[len(part):]
+            lines.append(line.rstrip())
+        return lines
+
+
+def test_progress_line_gives_way_to_the_summary(monkeypatch):
+    from stream import swap
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    clock = itertools.count()  # a second between frames: every one is shown
+    monkeypatch.setattr(swap.time, "monotonic", lambda: float(next(clock)))
+    progress = swap.Progress(total=300, enabled=True)
+    for _ in range(271):
+        progress(None)
+    assert term.screen() == ["facestream: frame 271/300    1.0 fps"]
+    progress.done()  # the run wrote all 300: no stale "271/300" may stay above the summary
+    print("facestream: wrote out.mp4", file=sys.stderr)
+    assert term.screen() == ["facestream: wrote out.mp4", ""]

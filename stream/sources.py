@@ -21,10 +21,10 @@ container allows it: a missing file (:class:`~stream.exceptions.InputNotFoundErr
 media or has no video stream, or a video codec with no decoder
 (:class:`~stream.exceptions.UnsupportedMediaError`), an MP4/MOV cut short — no ``moov`` index, or an
 index pointing past the end of the file (:class:`~stream.exceptions.TruncatedMediaError`). Streaming
-containers (MPEG-TS, Matroska/WebM, FLV, ...) are meant to be playable up to any cut, so a cut one —
-detected from the TS packet size or the Matroska segment size — is decoded up to the cut, with
-``truncated=True`` and a warning; the incomplete last packet of each TS stream is dropped rather than
-shown half-decoded. Errors in the middle of a stream end it with an error for indexed containers
+containers (MPEG-TS, Matroska/WebM, FLV, ..., and fragmented MP4 as OBS and browsers record it) are meant
+to be playable up to any cut, so a cut one — detected from the TS packet size, the Matroska segment size or
+the fragment index — is decoded up to the cut, with ``truncated=True`` and a warning; the incomplete last
+packet of each stream is dropped rather than shown half-decoded. Errors in the middle of a stream end it with an error for indexed containers
 (MP4, MOV, AVI) and with a warning for streaming ones.
 """
 
@@ -137,6 +137,43 @@ def _looks_like_isobmff(path: Path) -> bool:
     return len(head) == 8 and head[4:8] in _ISOBMFF_BOXES
 
 
+def _is_fragmented_mp4(path: Path) -> bool:
+    """Whether an MP4/MOV is fragmented (a ``moof`` box before any top-level ``mdat``): recordings from
+    OBS, browsers and DASH, written so that a cut file stays playable up to the cut."""
+    with open(path, "rb") as f:
+        for _ in range(64):  # ftyp, moov, then the first moof: a few boxes in
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if kind == b"moof":
+                return True
+            if kind == b"mdat" or size == 0:  # size 0: the box runs to the end of the file
+                return False
+            if size == 1:
+                large = f.read(8)
+                if len(large) < 8:
+                    return False
+                size = int.from_bytes(large, "big") - 8
+            if size < 8:
+                return False
+            f.seek(size - 8, os.SEEK_CUR)
+    return False
+
+
+def _first_partial_samples(container: InputContainer, path: Path) -> dict[int, int]:
+    """Stream index -> byte position of its first sample that runs past the end of a cut MP4/MOV."""
+    if not _format_names(container) & {"mp4", "mov"}:
+        return {}
+    size = path.stat().st_size
+    out = {}
+    for stream in container.streams:
+        cut = [e.pos for e in stream.index_entries if e.pos + e.size > size]
+        if cut:
+            out[stream.index] = min(cut)
+    return out
+
+
 def _open_input(path: Path) -> InputContainer:
     """``av.open`` with FFmpeg's errors turned into facestream's."""
     try:
@@ -236,6 +273,8 @@ def _detect_cut(container: InputContainer, path: Path, streaming: bool) -> bool:
             n = len(entries)
             end = max((e.pos + e.size for e in entries[max(0, n - 4):n]), default=0)
             if end > size:
+                if streaming:  # fragmented: the fragments before the cut are whole
+                    return True
                 raise TruncatedMediaError(
                     f"{path} is cut short: its index needs {end} bytes but the file has {size}")
         return False
@@ -278,7 +317,9 @@ def _first_frame(container: InputContainer, video: VideoStream, path: Path) -> a
 def _probe(container: InputContainer, path: Path, *, decode_first: bool) -> VideoInfo:
     video = _pick_video_stream(container, path)
     names = _format_names(container)
-    streaming = bool(names & STREAMING_FORMATS)
+    isobmff = bool(names & {"mp4", "mov"})
+    # A fragmented MP4 indexes each fragment where it is: like a streaming container, it plays up to a cut.
+    streaming = bool(names & STREAMING_FORMATS) or (isobmff and _is_fragmented_mp4(path))
     truncated = _detect_cut(container, path, streaming)
     ctx = video.codec_context
     rotation = 0
@@ -398,6 +439,9 @@ def _iter_decoded(
     """
     holdback = info.truncated and "mpegts" in _format_names(container)
     held: dict[int, av.Packet] = {}
+    # A cut fragmented MP4 hands out its last sample of each stream cut short: the index knows where that
+    # sample starts, so it is dropped (as TS's held-back packet) instead of decoded or copied half.
+    partial_at = _first_partial_samples(container, info.path) if info.truncated and info.streaming else {}
     pending = 0.0  # work done for frames not yet out of the decoder
     decoded = 0
 
@@ -423,6 +467,8 @@ def _iter_decoded(
         except av.FFmpegError as exc:
             raise fail("reading failed", exc) from exc
         if not packet.size:  # PyAV's end-of-file flush packets; flushing is done below
+            continue
+        if packet.pos is not None and packet.pos >= partial_at.get(packet.stream.index, packet.pos + 1):
             continue
         if holdback:
             previous = held.get(packet.stream.index)

@@ -73,6 +73,7 @@ def make_clip(
     format: str | None = None,
     options: Mapping[str, str] | None = None,
     codec: str = "libx264",
+    video_options: Mapping[str, str] | None = None,
 ) -> Clip:
     """Write an H.264 clip (or ``codec``: ``libvpx-vp9`` stores odd sizes in 4:2:0); ``ticks`` (in
     1/``rate`` s) gives a variable frame rate.
@@ -87,7 +88,7 @@ def make_clip(
     tb = Fraction(1, rate)
     quality = {"libx264": {"crf": "12", "preset": "ultrafast"},
                "libvpx-vp9": {"crf": "12", "b": "0", "deadline": "realtime", "cpu-used": "8"}}[codec]
-    video = container.add_stream(codec, rate=rate, options=quality)
+    video = container.add_stream(codec, rate=rate, options={**quality, **(video_options or {})})
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.codec_context.time_base = tb
     video.time_base = tb

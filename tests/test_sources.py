@@ -294,6 +294,33 @@ async def test_cut_streaming_file_is_decoded_up_to_the_cut(
     assert channel.ended and len(channel) > 0
 
 
+async def test_cut_fragmented_mp4_is_decoded_up_to_the_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    # OBS, browsers and DASH write fragmented MP4 so that a crash leaves a file playable up to the cut.
+    clip = make_clip(tmp_path / "a.mp4", frames=30, audio="aac", video_options={"preset": "veryfast"},  # B-frames
+                     options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "100000"})
+    assert clip.path.read_bytes().count(b"moof") > 3
+    full = decoded_frames(clip.path)
+    cut = _cut(clip.path, tmp_path / "cut.mp4", 0.55)
+    info = probe_video(cut)
+    assert info.truncated and info.streaming and not probe_video(clip.path).truncated
+    with av.open(str(cut)) as c:  # the samples the cut left whole
+        whole = sum(e.pos + e.size <= cut.stat().st_size for e in c.streams.video[0].index_entries)
+    source = VideoFileSource(cut)
+    channel = source.open_passthrough()
+    with caplog.at_level(logging.WARNING, logger="stream.sources"):
+        frames = await _drain(source)
+    assert source.truncated and "ends mid-stream" in caplog.text
+    assert 5 < len(frames) == whole < 30  # every whole frame, and not the half one after them
+    for frame, ref in zip(frames, full, strict=False):
+        np.testing.assert_array_equal(frame.image, ref.to_ndarray(format="rgb24"))
+    assert channel.ended and len(channel) > 0
+    # A plain MP4 cut short still fails: its index promises what the file no longer has.
+    plain = make_clip(tmp_path / "plain.mp4", frames=20, options={"movflags": "+faststart"})
+    with pytest.raises(TruncatedMediaError, match="cut short"):
+        VideoFileSource(_cut(plain.path, tmp_path / "plain_cut.mp4", 0.6))
+
+
 def test_cut_streaming_file_in_read_video_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clip = make_clip(tmp_path / "a.ts", frames=30, format="mpegts")
     cut = _cut(clip.path, tmp_path / "cut.ts", 0.5)

@@ -23,14 +23,15 @@ media or has no video stream, or a video codec with no decoder
 index pointing past the end of the file (:class:`~stream.exceptions.TruncatedMediaError`). Streaming
 containers (MPEG-TS, Matroska/WebM, FLV, ..., and fragmented MP4 as OBS and browsers record it) are meant
 to be playable up to any cut, so a cut one — detected from the TS packet size, the Matroska segment size or
-the fragment index — is decoded up to the cut, with ``truncated=True`` and a warning; the incomplete last
-packet of each stream is dropped rather than shown half-decoded. Errors in the middle of a stream end it with an error for indexed containers
-(MP4, MOV, AVI) and with a warning for streaming ones.
+the fragments' boxes — is decoded up to the cut, with ``truncated=True`` and a warning; the incomplete last
+packet of each stream is dropped rather than shown half-decoded. Errors in the middle of a stream end it
+with an error for indexed containers (MP4, MOV, AVI) and with a warning for streaming ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -137,28 +138,78 @@ def _looks_like_isobmff(path: Path) -> bool:
     return len(head) == 8 and head[4:8] in _ISOBMFF_BOXES
 
 
-def _is_fragmented_mp4(path: Path) -> bool:
-    """Whether an MP4/MOV is fragmented (a ``moof`` box before any top-level ``mdat``): recordings from
-    OBS, browsers and DASH, written so that a cut file stays playable up to the cut."""
+class _FilePrefix(io.RawIOBase):
+    """The first ``end`` bytes of a file, as a seekable binary file (for ``av.open``)."""
+
+    def __init__(self, path: Path, end: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this object
+        self._end = end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = max(0, min(len(buffer), self._end - self._file.tell()))
+        data = self._file.read(n)
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._file.tell(), os.SEEK_END: self._end}[whence]
+        return self._file.seek(min(max(0, base + offset), self._end))
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class _Fragments:
+    """The top-level layout of a fragmented MP4/MOV."""
+
+    cut: bool
+    """A fragment (``moof`` or ``mdat``) runs past the end of the file."""
+    whole_end: int
+    """Where the last whole fragment ends: what FFmpeg can open when the cut split a ``moof``."""
+
+
+def _mp4_fragments(path: Path) -> _Fragments | None:
+    """The fragment layout of an MP4/MOV whose samples live in fragments (a ``moof`` before any
+    top-level ``mdat``: OBS, browsers and DASH write them so that a cut file plays up to the cut); None
+    for an ordinary MP4. Reads only the 8- or 16-byte box headers."""
+    size = path.stat().st_size
+    fragmented, whole_end, pos, kind = False, 0, 0, b""
     with open(path, "rb") as f:
-        for _ in range(64):  # ftyp, moov, then the first moof: a few boxes in
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if length == 1 and len(head) == 16:
+                length = int.from_bytes(head[8:16], "big")
+            elif length == 0:  # the box runs to the end of the file
+                length = size - pos
             if kind == b"moof":
-                return True
-            if kind == b"mdat" or size == 0:  # size 0: the box runs to the end of the file
-                return False
-            if size == 1:
-                large = f.read(8)
-                if len(large) < 8:
-                    return False
-                size = int.from_bytes(large, "big") - 8
-            if size < 8:
-                return False
-            f.seek(size - 8, os.SEEK_CUR)
-    return False
+                fragmented = True
+            elif kind == b"mdat" and not fragmented:
+                return None
+            if length < 8:
+                break
+            if pos + length > size:
+                return _Fragments(cut=kind in (b"moof", b"mdat"), whole_end=pos) if fragmented else None
+            pos += length
+            if kind == b"mdat":
+                whole_end = pos
+    if not fragmented:
+        return None
+    # Cut between boxes: a header cut short, or a moof whose mdat never came.
+    return _Fragments(cut=pos < size or kind == b"moof", whole_end=whole_end)
 
 
 def _first_partial_samples(container: InputContainer, path: Path) -> dict[int, int]:
@@ -183,6 +234,14 @@ def _open_input(path: Path) -> InputContainer:
     except av.error.PermissionError as exc:
         raise InputError(f"cannot read {path}: permission denied") from exc
     except av.FFmpegError as exc:
+        fragments = _mp4_fragments(path) if _looks_like_isobmff(path) else None
+        if fragments is not None and fragments.cut and fragments.whole_end > 0:
+            # Cut inside a fragment's header, which FFmpeg will not open past: read the whole fragments
+            # before it (probing finds the cut from the boxes and says so).
+            try:
+                return av.open(_FilePrefix(path, fragments.whole_end), mode="r", metadata_errors="replace")
+            except av.FFmpegError:
+                pass
         if _looks_like_isobmff(path):
             raise TruncatedMediaError(
                 f"cannot read {path}: the MP4/MOV has no complete index (moov atom); the file is cut "
@@ -317,10 +376,10 @@ def _first_frame(container: InputContainer, video: VideoStream, path: Path) -> a
 def _probe(container: InputContainer, path: Path, *, decode_first: bool) -> VideoInfo:
     video = _pick_video_stream(container, path)
     names = _format_names(container)
-    isobmff = bool(names & {"mp4", "mov"})
+    fragments = _mp4_fragments(path) if names & {"mp4", "mov"} else None
     # A fragmented MP4 indexes each fragment where it is: like a streaming container, it plays up to a cut.
-    streaming = bool(names & STREAMING_FORMATS) or (isobmff and _is_fragmented_mp4(path))
-    truncated = _detect_cut(container, path, streaming)
+    streaming = bool(names & STREAMING_FORMATS) or fragments is not None
+    truncated = _detect_cut(container, path, streaming) or (fragments is not None and fragments.cut)
     ctx = video.codec_context
     rotation = 0
     if decode_first:

@@ -294,17 +294,31 @@ async def test_cut_streaming_file_is_decoded_up_to_the_cut(
     assert channel.ended and len(channel) > 0
 
 
-async def test_cut_fragmented_mp4_is_decoded_up_to_the_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                             ) -> None:
+def _top_level_boxes(data: bytes) -> list[tuple[int, int, bytes]]:
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        out.append((pos, size, data[pos + 4:pos + 8]))
+        pos += size
+    return out
+
+
+@pytest.mark.parametrize("where", ["mdat", "moof"], ids=["in a fragment's samples", "in a fragment's header"])
+async def test_cut_fragmented_mp4_is_decoded_up_to_the_cut(tmp_path: Path, where: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     # OBS, browsers and DASH write fragmented MP4 so that a crash leaves a file playable up to the cut.
     clip = make_clip(tmp_path / "a.mp4", frames=30, audio="aac", video_options={"preset": "veryfast"},  # B-frames
                      options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "100000"})
-    assert clip.path.read_bytes().count(b"moof") > 3
+    data = clip.path.read_bytes()
+    boxes = [b for b in _top_level_boxes(data) if b[2] == where.encode()]
+    assert len(boxes) > 5
+    pos, size, _ = boxes[-3]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:pos + (size // 2 if where == "mdat" else 20)])  # a moof's first 20 bytes: its header
     full = decoded_frames(clip.path)
-    cut = _cut(clip.path, tmp_path / "cut.mp4", 0.55)
     info = probe_video(cut)
     assert info.truncated and info.streaming and not probe_video(clip.path).truncated
-    with av.open(str(cut)) as c:  # the samples the cut left whole
+    with av.open(str(clip.path)) as c:  # the samples the cut leaves whole
         whole = sum(e.pos + e.size <= cut.stat().st_size for e in c.streams.video[0].index_entries)
     source = VideoFileSource(cut)
     channel = source.open_passthrough()
@@ -312,11 +326,18 @@ async def test_cut_fragmented_mp4_is_decoded_up_to_the_cut(tmp_path: Path, caplo
         frames = await _drain(source)
     assert source.truncated and "ends mid-stream" in caplog.text
     assert 5 < len(frames) == whole < 30  # every whole frame, and not the half one after them
-    for frame, ref in zip(frames, full, strict=False):
-        np.testing.assert_array_equal(frame.image, ref.to_ndarray(format="rgb24"))
+    # In decode order the cut can leave a P-frame whole and the B-frames shown before it not: every frame
+    # that comes out is the one of the uncut file with the same timestamp, decoded in full.
+    by_pts = {f.pts: f for f in full}
+    for frame in frames:
+        np.testing.assert_array_equal(frame.image, by_pts[frame.pts].to_ndarray(format="rgb24"))
     assert channel.ended and len(channel) > 0
-    # A plain MP4 cut short still fails: its index promises what the file no longer has.
+
+
+def test_plain_mp4_cut_short_still_fails_as_cut(tmp_path: Path) -> None:
+    # Unlike a fragmented one, its index promises what the file no longer has.
     plain = make_clip(tmp_path / "plain.mp4", frames=20, options={"movflags": "+faststart"})
+    assert not probe_video(plain.path).streaming
     with pytest.raises(TruncatedMediaError, match="cut short"):
         VideoFileSource(_cut(plain.path, tmp_path / "plain_cut.mp4", 0.6))
 

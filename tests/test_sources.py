@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -421,3 +422,19 @@ def test_load_image_errors(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(UnsupportedMediaError, match="cannot read image"):
         load_image(empty)
+
+
+def test_stop_waits_for_a_decode_thread_whose_start_a_signal_cut_short() -> None:
+    # Ctrl-C/SIGTERM raised inside Thread.start() leaves a thread that runs but is not marked started;
+    # Thread.join() refuses it ("cannot join thread before it is started"), which stop() used to raise.
+    from stream.sources import _join
+
+    done = threading.Event()
+    late = threading.Thread(target=done.set)
+    starter = threading.Timer(0.05, late.start)  # it comes up while _join is already waiting
+    starter.start()
+    _join(late, 5.0)
+    assert done.is_set() and not late.is_alive()
+    never = threading.Thread(target=done.set)  # never started at all: gives up at the timeout, no error
+    _join(never, 0.05)
+    assert not never.is_alive()

@@ -8,14 +8,14 @@ module only dispatches and turns errors into one line and an exit code; library 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from stream import __version__
 from stream.exceptions import FacestreamError
@@ -36,26 +36,38 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process the s
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``docker stop``, systemd), raised where Ctrl-C would be: the same clean-up
-    runs (the partial output is removed) instead of the process dying with its temporary file."""
+    """SIGTERM (``kill``, ``docker stop``, systemd), handled as Ctrl-C is: the same clean-up runs (the
+    partial output is removed) instead of the process dying with its temporary file."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+class _SigtermAsInterrupt:
+    """For the duration, SIGTERM takes Ctrl-C's path (main thread only; the servers install their own
+    graceful handlers on the event loop, which take over while it runs).
 
+    It raises SIGINT rather than an exception of its own: inside ``asyncio.run`` Python's SIGINT handler
+    cancels the main task, which every ``await`` honours, whereas an exception raised by a signal handler
+    lands on whatever bytecode runs at that moment, where a ``__del__`` or a catch-all may swallow it (a
+    SIGTERM test run once finished its 600 frames and exited 0).
+    """
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` for the duration (main thread only; the servers install
-    their own graceful handlers on the event loop, which take over while it runs)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.terminated = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = True
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            raise Terminated  # SIGINT is not Python's to handle (a background job): no other way
+        signal.raise_signal(signal.SIGINT)
+
+    def __enter__(self) -> _SigtermAsInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,17 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         import cv2
 
         cv2.setNumThreads(1)
+    sigterm = _SigtermAsInterrupt()
     try:
         # argv None: running as the program (tests pass theirs), which exits right after this returns.
-        with _sigterm_as_interrupt(), filtered_native_stderr(until_exit=argv is None):
+        with sigterm, filtered_native_stderr(until_exit=argv is None):
             return int(args.func(args) or 0)
     except FacestreamError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Terminated:
-        print("facestream: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
     except KeyboardInterrupt:
+        if sigterm.terminated:
+            print("facestream: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("facestream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -32,9 +32,10 @@ NOISE = re.compile(
 def filtered_native_stderr(*, until_exit: bool = False) -> Iterator[None]:
     """Route fd 2 through a filter for the duration of the block (no-op where fd 2 cannot be replaced).
 
-    ``until_exit``: keep filtering after the block, until the interpreter exits. For the CLI as a
-    program: a run stopped early (an error, Ctrl-C) returns while MediaPipe's graph threads may still be
-    starting up, and what they print then would otherwise land after the one-line message.
+    ``until_exit``: keep filtering after the block, until the process ends. For the CLI as a program: a
+    run stopped early (an error, Ctrl-C) returns while MediaPipe's graph threads may still be starting up,
+    and what they print then would otherwise land after the one-line message. Native lines printed while
+    the interpreter shuts down are dropped.
     """
     try:
         sys.stderr.flush()
@@ -69,12 +70,21 @@ def filtered_native_stderr(*, until_exit: bool = False) -> Iterator[None]:
         real.close()
         os.close(saved)
 
+    def silence() -> None:
+        # At exit: what was written so far is filtered and passed on (the pump reads to EOF); what native
+        # threads still print while the interpreter shuts down goes nowhere. Python's own messages keep
+        # the real stderr.
+        with contextlib.suppress(Exception):
+            real.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # closes the pipe's last write end, as in restore()
+        os.close(null)
+        thread.join(timeout=2)
+
     try:
         yield
     finally:
         if until_exit:
-            with contextlib.suppress(Exception):
-                real.flush()
-            atexit.register(restore)  # after the last Python code, before daemon threads are stopped
+            atexit.register(silence)
         else:
             restore()

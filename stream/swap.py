@@ -283,12 +283,17 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
     sink: VideoFileSink | None = None
+    own_tracker: FaceTracker | None = None
     try:
         # The output before the tracker: a container that cannot hold a stream fails before MediaPipe starts.
         sink = VideoFileSink(options.output, source, settings=encode_settings(options),
                              metadata=output_metadata(options))
-        step: FrameProcessor = tracker if tracker is not None else FaceTracker()
+        if tracker is None:
+            own_tracker = FaceTracker()
+        step: FrameProcessor = tracker if tracker is not None else own_tracker  # type: ignore[assignment]
     except BaseException:
+        if own_tracker is not None:
+            own_tracker.close()
         if sink is not None:
             await sink.abort()
         source.stop()

@@ -285,11 +285,17 @@ class _MeshRunner:
         config = text_format.Parse(text, calculator_pb2.CalculatorGraphConfig())
         self._graph = mp.CalculatorGraph(graph_config=config)
         self._out: dict[str, dict[int, Any]] = {"landmarks": {}, "presence": {}}
-        self._graph.observe_output_stream("landmarks", self._observe)
-        self._graph.observe_output_stream("presence", self._observe)
-        self._graph.start_run({"with_attention": mp.packet_creator.create_bool(refine)})
         self._ts = 0
         self._closed = False
+        try:
+            self._graph.observe_output_stream("landmarks", self._observe)
+            self._graph.observe_output_stream("presence", self._observe)
+            self._graph.start_run({"with_attention": mp.packet_creator.create_bool(refine)})
+        except BaseException:
+            # Ctrl-C or SIGTERM during set-up: a started graph left open goes on starting its calculators
+            # on threads of its own, and logs after the run has said its last line.
+            self.close()
+            raise
 
     def _observe(self, stream: str, packet: Any) -> None:
         getter = self._mp.packet_getter
@@ -535,7 +541,11 @@ class FaceTracker:
     def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
         self.config = config
         self._mesh = _MeshRunner(config.refine_landmarks)
-        self._detector = _Detector(config.min_detection_confidence, config.tile_detection)
+        try:
+            self._detector = _Detector(config.min_detection_confidence, config.tile_detection)
+        except BaseException:  # an interrupted set-up closes what it started (see _MeshRunner)
+            self._mesh.close()
+            raise
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._frame_count = 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -266,6 +267,7 @@ class VideoFileSink:
             self._channel: PacketChannel | None = self._add_copy_streams()
             self._set_container_metadata(metadata)
             self._write_header()
+            self._try_copies()
         except BaseException:
             self._discard_tmp()
             raise
@@ -412,6 +414,45 @@ class VideoFileSink:
         meta = _kept_metadata(self.source.info.metadata)
         meta.update({str(k): str(v) for k, v in extra.items()})
         self._container.metadata.update(synthetic_marks(meta))
+
+    def _try_copies(self) -> None:
+        """Mux the first packet of each copied stream into an in-memory file of this format and finish it.
+
+        Some pairs of container and codec pass the header and fail only when the file is finished (PCM
+        audio in MP4: "unsupported channel layout"), which would be after the whole run.
+        """
+        wanted = {i for i in self._copy_map if self.source.info.streams[i].type != "attachment"}
+        if not wanted:
+            return
+        try:
+            src = av.open(str(self.source.path))
+        except (av.FFmpegError, OSError):
+            return  # best effort: the run itself reports what it meets
+        with src:
+            firsts: dict[int, av.Packet] = {}
+            for n, packet in enumerate(src.demux()):
+                if packet.size and packet.stream.index in wanted:
+                    firsts.setdefault(packet.stream.index, packet)
+                if len(firsts) == len(wanted) or n >= 2000:
+                    break
+            previous = av.logging.get_level()
+            av.logging.set_level(av.logging.ERROR)
+            try:
+                with av.logging.Capture() as logs:
+                    for index, packet in firsts.items():
+                        try:
+                            with av.open(io.BytesIO(), "w", format=self._container.format.name) as probe:
+                                packet.stream = probe.add_stream_from_template(src.streams[index])
+                                probe.start_encoding()
+                                probe.mux(packet)
+                        except (av.FFmpegError, ValueError) as exc:
+                            reason = logs[-1][2].strip() if logs else getattr(exc, "strerror", None) or str(exc)
+                            raise OutputError(
+                                f"{self.path.suffix} files cannot hold the {_describe(src.streams[index])} of "
+                                f"{self.source.path} (copied without re-encoding): {reason}; {_WHERE_CODECS_FIT}"
+                            ) from exc
+            finally:
+                av.logging.set_level(previous)
 
     def _write_header(self) -> None:
         """Write the header now: a stream the container rejects fails here, before any processing."""

@@ -268,6 +268,40 @@ async def test_codec_the_container_cannot_hold_is_refused(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mkv"]
 
 
+def _avi_with_stereo_pcm(path: Path, frames: int = 5) -> Path:
+    """H.264 + 16-bit stereo PCM in AVI, which stores no channel order (as cameras and old captures do)."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30, options={"crf": "12", "preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
+        for i in range(frames):
+            vf = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 40 * i, np.uint8), format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(vf))
+        out.mux(video.encode(None))
+        tone = (np.sin(np.arange(1600) / 8) * 8000).astype(np.int16)
+        af = av.AudioFrame.from_ndarray(np.stack([tone, tone]).reshape(1, -1), format="s16", layout="stereo")
+        af.sample_rate, af.pts = 48000, 0
+        out.mux(audio.encode(af))
+        out.mux(audio.encode(None))
+    return path
+
+
+async def test_a_copy_the_container_would_fail_to_finish_is_refused_before_the_run(tmp_path: Path) -> None:
+    # MP4's muxer takes this PCM stream's header and fails only when it finishes the file ("unsupported
+    # channel layout"): after the whole run. Found from a first packet, up front.
+    clip = _avi_with_stereo_pcm(tmp_path / "cam.avi")
+    source = VideoFileSource(clip)
+    try:
+        with pytest.raises(OutputError, match=r"\.mp4 files cannot hold the pcm_s16le audio stream #1 .*layout"):
+            VideoFileSink(tmp_path / "out.mp4", source)
+    finally:
+        source.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.avi"]
+    await transcode(clip, tmp_path / "out.mov")  # MOV holds it: copied as it is
+    assert stream_packets(tmp_path / "out.mov", "audio") == stream_packets(clip, "audio")
+
+
 # -- metadata --------------------------------------------------------------------------------------
 
 

@@ -266,6 +266,7 @@ class VideoFileSink:
             self._copy_map: dict[int, Stream] = {}
             self._channel: PacketChannel | None = self._add_copy_streams()
             self._set_container_metadata(metadata)
+            self._copy_chapters()
             self._write_header()
             self._try_copies()
         except BaseException:
@@ -388,9 +389,15 @@ class VideoFileSink:
 
     def _add_copy_streams(self) -> PacketChannel | None:
         is_matroska = bool(set(self._container.format.name.split(",")) & _MATROSKA_MUXERS)
+        has_chapters = bool(self.source.video_stream.container.chapters())
         for src in self.source.copy_streams:
             if src.type == "data":
-                logger.warning("%s: not copying %s (data streams are not kept)", self.path, _describe(src))
+                if has_chapters and _describe(src).startswith("bin_data "):
+                    # MP4/MOV keep chapters in a text track that FFmpeg shows as data: _copy_chapters
+                    # writes them anew, in whatever form the output container keeps them.
+                    logger.info("%s: %s holds the chapters, which are copied", self.path, _describe(src))
+                else:
+                    logger.warning("%s: not copying %s (data streams are not kept)", self.path, _describe(src))
                 continue
             if src.type == "attachment" and not is_matroska:
                 logger.warning("%s: not copying %s (only Matroska outputs hold attachments)",
@@ -414,6 +421,13 @@ class VideoFileSink:
         meta = _kept_metadata(self.source.info.metadata)
         meta.update({str(k): str(v) for k, v in extra.items()})
         self._container.metadata.update(synthetic_marks(meta))
+
+    def _copy_chapters(self) -> None:
+        """The input's chapters (an MKV's or MP4's table of contents), with their titles: frames keep their
+        timestamps, so the chapter times stay right."""
+        chapters = self.source.video_stream.container.chapters()
+        if chapters:
+            self._container.set_chapters(chapters)
 
     def _try_copies(self) -> None:
         """Mux the first packet of each copied stream into an in-memory file of this format and finish it.

@@ -74,6 +74,7 @@ def make_clip(
     options: Mapping[str, str] | None = None,
     codec: str = "libx264",
     video_options: Mapping[str, str] | None = None,
+    chapters: Sequence[tuple[float, float, str]] = (),
 ) -> Clip:
     """Write an H.264 clip (or ``codec``: ``libvpx-vp9`` stores odd sizes in 4:2:0); ``ticks`` (in
     1/``rate`` s) gives a variable frame rate.
@@ -85,6 +86,10 @@ def make_clip(
     ticks = list(ticks) if ticks is not None else list(range(frames))
     container = av.open(str(path), "w", format=format, options=dict(options or {}))
     container.metadata.update(metadata or {})
+    if chapters:  # (start s, end s, title)
+        container.set_chapters([{"id": i + 1, "start": round(a * 1000), "end": round(b * 1000),
+                                 "time_base": Fraction(1, 1000), "metadata": {"title": title}}
+                                for i, (a, b, title) in enumerate(chapters)])
     tb = Fraction(1, rate)
     quality = {"libx264": {"crf": "12", "preset": "ultrafast"},
                "libvpx-vp9": {"crf": "12", "b": "0", "deadline": "realtime", "cpu-used": "8"}}[codec]

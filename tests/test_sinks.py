@@ -305,6 +305,23 @@ async def test_a_copy_the_container_would_fail_to_finish_is_refused_before_the_r
 # -- metadata --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("src", "dst"), [("a.mkv", "out.mkv"), ("a.mp4", "out.mp4"), ("a.mov", "out.mov"),
+                                          ("a.mp4", "out.mkv")])
+async def test_chapters_survive(tmp_path: Path, src: str, dst: str, caplog: pytest.LogCaptureFixture) -> None:
+    clip = make_clip(tmp_path / src, frames=30, chapters=[(0.0, 0.5, "Intro"), (0.5, 1.0, "Main")])
+
+    def table(path: Path) -> list[tuple[Fraction, Fraction, str]]:
+        with av.open(str(path)) as c:
+            return [(ch["start"] * ch["time_base"], ch["end"] * ch["time_base"], ch["metadata"]["title"])
+                    for ch in c.chapters()]
+
+    assert table(clip.path) == [(0, Fraction(1, 2), "Intro"), (Fraction(1, 2), 1, "Main")]
+    with caplog.at_level(logging.WARNING, logger="stream.sinks"):
+        await transcode(clip.path, tmp_path / dst)
+    assert table(tmp_path / dst) == table(clip.path)
+    assert "not copying" not in caplog.text  # MP4's chapter track is not "a data stream left behind"
+
+
 @pytest.mark.parametrize("name", ["a.mp4", "a.mov", "a.mkv"])
 async def test_rotation_metadata_and_synthetic_tags(tmp_path: Path, name: str) -> None:
     clip = make_clip(tmp_path / name, frames=6, rotation=90, audio="aac",

@@ -202,7 +202,7 @@ def _mp4_fragments(path: Path) -> _Fragments | None:
             if length < 8:
                 break
             if pos + length > size:
-                return _Fragments(cut=kind in (b"moof", b"mdat"), whole_end=pos) if fragmented else None
+                return _Fragments(cut=kind in (b"moof", b"mdat"), whole_end=whole_end) if fragmented else None
             pos += length
             if kind == b"mdat":
                 whole_end = pos

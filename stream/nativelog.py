@@ -61,25 +61,26 @@ def filtered_native_stderr(*, until_exit: bool = False) -> Iterator[None]:
     thread = threading.Thread(target=pump, name="facestream-native-stderr", daemon=True)
     thread.start()
 
-    def restore() -> None:
+    def drain_into(fd: int) -> None:
+        """Point fd 2 at ``fd``; that closes the pipe's last write end, and the pump passes on what is
+        left in it before it sees EOF."""
         with contextlib.suppress(Exception):
             real.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        os.dup2(fd, 2)
         thread.join(timeout=2)
+
+    def restore() -> None:
+        drain_into(saved)
         sys.stderr = old_stderr
         real.close()
         os.close(saved)
 
     def silence() -> None:
-        # At exit: what was written so far is filtered and passed on (the pump reads to EOF); what native
-        # threads still print while the interpreter shuts down goes nowhere. Python's own messages keep
-        # the real stderr.
-        with contextlib.suppress(Exception):
-            real.flush()
+        # At exit: what native threads still print while the interpreter shuts down goes nowhere.
+        # Python's own messages keep the real stderr (sys.stderr stays ``real``).
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)  # closes the pipe's last write end, as in restore()
+        drain_into(null)
         os.close(null)
-        thread.join(timeout=2)
 
     try:
         yield

@@ -1,7 +1,7 @@
-"""JSON side outputs (``swap --report``, ``bench --json``): checked before a run starts, written whole.
+"""Where a command writes: output paths checked before a run starts, JSON side outputs written whole.
 
-A report path is a user's typo away from an input: ``--report in.mp4`` must not replace the video the
-run reads, and a missing directory must fail before minutes of work, not after them.
+A path is a user's typo away from an input: ``--report in.mp4`` must not replace the video the run reads,
+and a missing directory must fail before minutes of work, not after them.
 """
 
 from __future__ import annotations
@@ -18,17 +18,22 @@ from stream.exceptions import OutputError
 from stream.sinks import same_file
 
 
-def check_report_path(path: Path, option: str, protected: Mapping[str, Path | None]) -> None:
-    """Raise :class:`OutputError` unless a JSON file can be written at ``path`` without replacing any of
-    ``protected`` (label -> path, e.g. ``{"INPUT": ..., "OUTPUT": ...}``; None entries are skipped).
+def check_output_path(path: Path, option: str, protected: Mapping[str, Path | None]) -> None:
+    """Raise :class:`OutputError` unless a file can be written at ``path`` without replacing any of
+    ``protected`` (label -> path, e.g. ``{"INPUT": ..., "SOURCE": ...}``; None entries are skipped).
 
-    ``option`` names the flag in the message (``--report``).
+    ``option`` names the path in the messages (``OUTPUT``, ``--report``).
     """
     for label, other in protected.items():
         if other is not None and same_file(path, other):
             raise OutputError(f"{option} {path} is the same file as {label}; choose another name")
     if path.is_dir():
-        raise OutputError(f"{option} {path} is a directory; give a file name such as {path / 'report.json'}")
+        raise OutputError(f"{option} {path} is a directory; give a file name inside it")
+    check_parent_dir(path, option)
+
+
+def check_parent_dir(path: Path, option: str) -> None:
+    """Raise :class:`OutputError` unless ``path``'s directory exists and is writable."""
     parent = path.parent.resolve()
     if not parent.is_dir():
         raise OutputError(f"{option} directory does not exist: {path.parent}")
@@ -50,4 +55,4 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
-__all__ = ["check_report_path", "write_json"]
+__all__ = ["check_output_path", "check_parent_dir", "write_json"]

@@ -212,10 +212,13 @@ def _kept_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k.lower() not in _DROPPED_KEYS}
 
 
-def _describe(stream: Stream) -> str:
+def _codec_name(stream: Stream) -> str:
     ctx = stream.codec_context
-    name = ctx.name if ctx is not None else getattr(stream, "name", None) or "unknown"
-    return f"{name} {stream.type} stream #{stream.index}"
+    return ctx.name if ctx is not None else getattr(stream, "name", None) or "unknown"
+
+
+def _describe(stream: Stream) -> str:
+    return f"{_codec_name(stream)} {stream.type} stream #{stream.index}"
 
 
 class VideoFileSink:
@@ -264,9 +267,13 @@ class VideoFileSink:
             self._container = self._open_container()
             self._video = self._add_video_stream()
             self._copy_map: dict[int, Stream] = {}
-            self._channel: PacketChannel | None = self._add_copy_streams()
+            # An MKV's or MP4's table of contents, with titles: frames keep their timestamps, so the chapter
+            # times stay right.
+            chapters = self.source.video_stream.container.chapters()
+            self._channel: PacketChannel | None = self._add_copy_streams(chapters=bool(chapters))
             self._set_container_metadata(metadata)
-            self._copy_chapters()
+            if chapters:
+                self._container.set_chapters(chapters)
             self._write_header()
             self._try_copies()
         except BaseException:
@@ -387,14 +394,13 @@ class VideoFileSink:
         raise OutputError(f"encoder {codec} cannot store the odd frame size {w}x{h} of {self.source.path}; "
                           "try --codec ffv1 or --codec libvpx-vp9 (.mkv)")
 
-    def _add_copy_streams(self) -> PacketChannel | None:
+    def _add_copy_streams(self, *, chapters: bool) -> PacketChannel | None:
         is_matroska = bool(set(self._container.format.name.split(",")) & _MATROSKA_MUXERS)
-        has_chapters = bool(self.source.video_stream.container.chapters())
         for src in self.source.copy_streams:
             if src.type == "data":
-                if has_chapters and _describe(src).startswith("bin_data "):
-                    # MP4/MOV keep chapters in a text track that FFmpeg shows as data: _copy_chapters
-                    # writes them anew, in whatever form the output container keeps them.
+                if chapters and _codec_name(src) == "bin_data":
+                    # MP4/MOV keep chapters in a text track that FFmpeg shows as data: they are written
+                    # anew (set_chapters), in whatever form the output container keeps them.
                     logger.info("%s: %s holds the chapters, which are copied", self.path, _describe(src))
                 else:
                     logger.warning("%s: not copying %s (data streams are not kept)", self.path, _describe(src))
@@ -422,20 +428,13 @@ class VideoFileSink:
         meta.update({str(k): str(v) for k, v in extra.items()})
         self._container.metadata.update(synthetic_marks(meta))
 
-    def _copy_chapters(self) -> None:
-        """The input's chapters (an MKV's or MP4's table of contents), with their titles: frames keep their
-        timestamps, so the chapter times stay right."""
-        chapters = self.source.video_stream.container.chapters()
-        if chapters:
-            self._container.set_chapters(chapters)
-
     def _try_copies(self) -> None:
         """Mux the first packet of each copied stream into an in-memory file of this format and finish it.
 
         Some pairs of container and codec pass the header and fail only when the file is finished (PCM
         audio in MP4: "unsupported channel layout"), which would be after the whole run.
         """
-        wanted = {i for i in self._copy_map if self.source.info.streams[i].type != "attachment"}
+        wanted = set(self._copy_map)  # attachments are copied with the header, not as packets
         if not wanted:
             return
         try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from stream import __version__
 from stream.choices import BlendMode, FaceSelection
-from stream.exceptions import InputError, InputNotFoundError, NoFaceError, OutputError
+from stream.exceptions import InputError, InputNotFoundError, NoFaceError
 from stream.frames import Frame, SourceFace, TrackedFace
 from stream.pipeline import PipelineStats, run_pipeline
 from stream.stages.base import SourceBank, StageChain
@@ -90,23 +90,15 @@ def check_paths(options: SwapOptions) -> None:
             raise InputNotFoundError(f"{label} not found: {path}")
         if path.is_dir():
             raise InputError(f"{label} is a directory, not a file: {path}")
-    from stream.sinks import same_file
+    from stream.reports import check_output_path
 
     out = options.output
-    if same_file(out, options.input):
-        raise OutputError(f"OUTPUT is the same file as INPUT: {out}; choose another name")
-    if same_file(out, options.source):  # the source is read while the output is written
-        raise OutputError(f"OUTPUT is the same file as SOURCE: {out}; choose another name")
-    if not out.parent.resolve().is_dir():
-        raise OutputError(f"OUTPUT directory does not exist: {out.parent}")
-    if not os.access(out.parent.resolve(), os.W_OK):
-        raise OutputError(f"OUTPUT directory is not writable: {out.parent}")
+    # The source too: it is read while the output is written.
+    check_output_path(out, "OUTPUT", {"INPUT": options.input, "SOURCE": options.source})
     encode_settings(options).for_output(out).codec_options()  # a bad --crf or --preset, before any set-up
     if options.report is not None:
-        from stream.reports import check_report_path
-
-        check_report_path(options.report, "--report", {"INPUT": options.input, "SOURCE": options.source,
-                                                      "OUTPUT": options.output})
+        check_output_path(options.report, "--report", {"INPUT": options.input, "SOURCE": options.source,
+                                                       "OUTPUT": options.output})
     if options.overlap and (options.models is None or options.fsgan_version != "v2"):
         got = "no --models" if options.models is None else f"--fsgan-version {options.fsgan_version}"
         raise InputError(f"--overlap runs the learned FSGAN v2 chain (--models fsgan:DIR, --fsgan-version v2); "
@@ -283,17 +275,13 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
     sink: VideoFileSink | None = None
-    own_tracker: FaceTracker | None = None
     try:
         # The output before the tracker: a container that cannot hold a stream fails before MediaPipe starts.
         sink = VideoFileSink(options.output, source, settings=encode_settings(options),
                              metadata=output_metadata(options))
-        if tracker is None:
-            own_tracker = FaceTracker()
-        step: FrameProcessor = tracker if tracker is not None else own_tracker  # type: ignore[assignment]
+        # FaceTracker closes what it started if its own set-up is interrupted.
+        step: FrameProcessor = tracker if tracker is not None else FaceTracker()
     except BaseException:
-        if own_tracker is not None:
-            own_tracker.close()
         if sink is not None:
             await sink.abort()
         source.stop()

@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stream.exceptions import InputError
-    from stream.reports import check_report_path, write_json
+    from stream.reports import check_output_path, write_json
 
-    check_report_path(args.json, "--json", {"INPUT": args.input, "--source": args.source})
+    check_output_path(args.json, "--json", {"INPUT": args.input, "--source": args.source})
     for flag, value in (("--repeat", args.repeat), ("--batch", args.batch)):
         if value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")

@@ -72,14 +72,14 @@ def _load(args: argparse.Namespace):  # -> nn.Module
 def _check_output(output: Path, source: Path) -> None:
     """Refuse an OUTPUT that is not an .onnx file (a slip of ``-o model.pth`` replaced the weights) or is
     the checkpoint itself, and one in a missing directory, before the export's seconds of work."""
+    from stream.reports import check_parent_dir
     from stream.sinks import same_file
 
     if output.suffix.lower() != ".onnx":
         raise OutputError(f"-o {output}: the export is an ONNX graph; give a file name ending in .onnx")
     if source.exists() and same_file(output, source):
         raise OutputError(f"-o {output} is the checkpoint being exported; choose another name")
-    if not output.parent.resolve().is_dir():
-        raise OutputError(f"-o directory does not exist: {output.parent}")
+    check_parent_dir(output, "-o")
 
 
 def run(args: argparse.Namespace) -> int:

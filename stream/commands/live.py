@@ -68,10 +68,10 @@ async def _live(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from stream.live import input_kind, output_kind
-    from stream.reports import check_report_path, write_json
+    from stream.reports import check_output_path, write_json
 
     if args.report is not None:  # now, not after a long session
-        check_report_path(args.report, "--report", {
+        check_output_path(args.report, "--report", {
             "INPUT": Path(args.input) if input_kind(args.input) == "file" else None, "SOURCE": args.source,
             "OUTPUT": Path(args.output) if args.output and output_kind(args.output) == "file" else None})
     report = asyncio.run(_live(args))

@@ -29,6 +29,7 @@ from stream.tracks import FrameProcessor, FrameTrack, ProcessorTrack
 
 if TYPE_CHECKING:
     from stream.stages.fsgan_device import FsganV2DeviceChain
+    from stream.tracking import FaceTracker
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,17 @@ def check_paths(options: SwapOptions) -> None:
                          f"got {got}")
 
 
-def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: int = 0,
-                        crop: bool = False) -> SourceFace | None:
+def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: int = 0, crop: bool = False,
+                        tracker: FaceTracker | None = None) -> SourceFace | None:
     """The largest face of ``image`` as a :class:`SourceFace` (None: no face). ``crop`` keeps only a box
-    around it, so that a bank of many video frames does not hold whole frames."""
-    from stream.tracking import detect_faces
+    around it, so that a bank of many video frames does not hold whole frames. ``tracker``
+    (:func:`stream.tracking.image_tracker`) detects instead of a new one per call: for many images."""
+    from stream.tracking import image_tracker
 
-    found = detect_faces(image, max_faces=4, rotation=rotation)
+    if tracker is None:
+        with image_tracker() as own:
+            return largest_source_face(image, rotation=rotation, frame_index=frame_index, crop=crop, tracker=own)
+    found = tracker.detect(image, rotation=rotation, max_faces=4, small_faces=False)
     if not found:
         return None
     best = max(found, key=lambda f: f.area)
@@ -121,17 +126,19 @@ def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: in
 
 
 def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
-    """Faces of the source person: the largest face of an image, or of frames sampled from a video."""
-    from stream.sources import load_image, probe_video, read_video_frames
+    """Faces of the source person: the largest face of an image, or of about ``max_frames`` frames spread
+    over a video (:func:`stream.sources.sample_video_frames`), all found by one tracker."""
+    from stream.sources import load_image, sample_video_frames
+    from stream.tracking import image_tracker
 
     faces: list[SourceFace | None] = []
     if path.suffix.lower() in IMAGE_SUFFIXES:
         faces.append(largest_source_face(load_image(path)))
     else:
-        info = probe_video(path)
-        step = max(1, (info.frames or max_frames) // max_frames)
-        faces.extend(largest_source_face(frame.image, rotation=frame.rotation, frame_index=frame.index, crop=True)
-                     for frame in read_video_frames(path, step=step, max_frames=max_frames))
+        with image_tracker() as tracker:
+            faces.extend(largest_source_face(frame.image, rotation=frame.rotation, frame_index=frame.index,
+                                             crop=True, tracker=tracker)
+                         for frame in sample_video_frames(path, max_frames))
     found = [f for f in faces if f is not None]
     if not found:
         raise NoFaceError(f"no face found in SOURCE: {path}")

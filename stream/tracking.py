@@ -57,7 +57,7 @@ from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FaceTracker", "TrackerConfig", "benchmark_tracker", "detect_faces"]
+__all__ = ["FaceTracker", "TrackerConfig", "benchmark_tracker", "detect_faces", "image_tracker"]
 
 NUM_LANDMARKS = 478
 _RIGHT_EYE_OUTER, _LEFT_EYE_OUTER = 33, 263  # subject's right eye is on the image's left
@@ -478,10 +478,14 @@ class _Detector:
             return []
         return self.detect_region(image, region, rotation)
 
-    def detect(self, image: Pixels, rotation: int) -> list[_Detection]:
-        """Detections over all regions, overlapping ones merged (best score kept)."""
+    def detect(self, image: Pixels, rotation: int, *, small_faces: bool = True) -> list[_Detection]:
+        """Detections over all regions, overlapping ones merged (best score kept). Without
+        ``small_faces`` the tiles are only scanned when the whole frame shows no face."""
         h, w = image.shape[:2]
-        found = [d for box in self.regions(w, h) for d in self.detect_region(image, box, rotation)]
+        whole, *tiles = self.regions(w, h)
+        found = self.detect_region(image, whole, rotation)
+        if small_faces or not found:
+            found += [d for box in tiles for d in self.detect_region(image, box, rotation)]
         found.sort(key=lambda d: d.score, reverse=True)
         kept: list[_Detection] = []
         for d in found:
@@ -674,20 +678,22 @@ class FaceTracker:
         self.last_timings = timings
         return faces
 
-    def detect(self, image: np.ndarray | Pixels, *, rotation: int = 0,
-               max_faces: int | None = None) -> list[TrackedFace]:
+    def detect(self, image: np.ndarray | Pixels, *, rotation: int = 0, max_faces: int | None = None,
+               small_faces: bool = True) -> list[TrackedFace]:
         """One-shot detection over all regions at once, without tracking state or smoothing.
 
         For source images/frames: faces come largest first with ids 0, 1, ..., each mesh refined twice
-        from its own ROI. ``max_faces`` defaults to the config's.
+        from its own ROI. ``max_faces`` defaults to the config's. ``small_faces=False`` skips the tile
+        scan (:attr:`TrackerConfig.tile_detection`) when the whole image shows a face, which is enough
+        where only the largest face counts: a face only tiles find is small.
         """
         self._check_open()
         image = _pixels(image)
         rotation = _check_rotation(rotation)
         limit = self.config.max_faces if max_faces is None else max_faces
         h, w = image.shape[:2]
-        meshes = self._meshes_from_detections(image, self._detector.detect(image, rotation), limit,
-                                              refine_steps=2)
+        detections = self._detector.detect(image, rotation, small_faces=small_faces)
+        meshes = self._meshes_from_detections(image, detections, limit, refine_steps=2)
         meshes.sort(key=lambda m: _area(_bbox(m[0])), reverse=True)
         return [self._face(i, pts, presence, w, h, rotation) for i, (pts, presence) in enumerate(meshes)]
 
@@ -864,13 +870,18 @@ def _area(box: tuple[float, float, float, float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
+def image_tracker(max_faces: int = 4) -> FaceTracker:
+    """A tracker for unrelated images (its :meth:`FaceTracker.detect`): no smoothing between them."""
+    return FaceTracker(TrackerConfig(max_faces=max_faces, smoothing=None))
+
+
 def detect_faces(image: np.ndarray, *, max_faces: int = 4, rotation: int = 0) -> list[TrackedFace]:
     """Faces of a single image (a SOURCE image or frame), largest first, without smoothing.
 
-    Builds and closes a tracker per call; to run it over many frames, keep a :class:`FaceTracker`
-    and call :meth:`FaceTracker.detect`.
+    Builds and closes a tracker per call (tens of milliseconds); for many images keep one
+    (:func:`image_tracker`) and call its :meth:`FaceTracker.detect`.
     """
-    with FaceTracker(TrackerConfig(max_faces=max_faces, smoothing=None)) as tracker:
+    with image_tracker(max_faces) as tracker:
         return tracker.detect(image, rotation=rotation)
 
 

@@ -23,7 +23,7 @@ from stream.exceptions import (
     UnsupportedMediaError,
 )
 from stream.frames import Frame
-from stream.sources import VideoFileSource, load_image, probe_video, read_video_frames
+from stream.sources import VideoFileSource, load_image, probe_video, read_video_frames, sample_video_frames
 
 
 async def _drain(source: VideoFileSource) -> list[Frame]:
@@ -196,6 +196,26 @@ def test_read_video_frames_samples(tmp_path: Path) -> None:
     assert [f.index for f in read_video_frames(clip.path, step=2, max_frames=2)] == [0, 2]
     with pytest.raises(ValueError, match="step"):
         list(read_video_frames(clip.path, step=0))
+
+
+def test_sample_video_frames_spreads_over_a_long_video(tmp_path: Path) -> None:
+    # veryfast: B-frames, some of them referenced by no other frame, which the sampler does not decode.
+    clip = make_clip(tmp_path / "b.mp4", frames=120, video_options={"preset": "veryfast"})
+    full = {f.pts: f.to_ndarray(format="rgb24") for f in decoded_frames(clip.path)}
+    frames = list(sample_video_frames(clip.path, 8))
+    assert len(frames) == 8
+    period = Fraction(120, 30) / 8
+    for k, (frame, t) in enumerate(zip(frames, _times(frames), strict=True)):
+        # the first frame at or after each multiple of duration / 8; at most 3 B-frames in a row are skipped
+        assert k * period <= t <= k * period + Fraction(3, 30), (k, t)
+        assert frame.index == t * 30
+        # what was skipped was not needed: the frame is the one a full decode gives
+        assert np.array_equal(frame.image, full[frame.pts]), k
+    # a short video gives every (frames // count)-th frame, with exact indices
+    short = make_clip(tmp_path / "s.mp4", frames=10)
+    assert [f.index for f in sample_video_frames(short.path, 5)] == [0, 2, 4, 6, 8]
+    with pytest.raises(ValueError, match="count"):
+        list(sample_video_frames(short.path, 0))
 
 
 # -- bad inputs ------------------------------------------------------------------------------------

@@ -108,6 +108,22 @@ def test_tracker_finds_the_small_face_within_one_scan(tracker) -> None:
     assert np.linalg.norm(_centre(per_frame[-1][0]) - (1000, 200)) < 0.15 * face.height
 
 
+def test_detect_scans_tiles_for_small_faces_only_when_asked_or_when_nothing_else_shows() -> None:
+    # A panorama: shrunk whole to the detector's size, an 80 px face is too small; a tile finds it.
+    big, small = Face("astronaut", 300), Face("grace_hopper", 80)
+    frame = _canvas(3840, 720)
+    big.paste(frame, (800.0, 360.0))
+    small.paste(frame, (3000.0, 300.0))
+    alone = _canvas(3840, 720)
+    small.paste(alone, (3000.0, 300.0))
+    with FaceTracker(TrackerConfig(smoothing=None)) as t:
+        assert len(t.detect(frame)) == 2
+        largest = t.detect(frame, small_faces=False)  # the whole frame shows the big face: no tile scan
+        assert len(largest) == 1 and np.linalg.norm(_centre(largest[0]) - (800, 360)) < 0.15 * big.height
+        only = t.detect(alone, small_faces=False)  # nothing in the whole frame: the tiles are scanned
+        assert len(only) == 1 and np.linalg.norm(_centre(only[0]) - (3000, 300)) < 0.15 * small.height
+
+
 def test_no_face_gives_no_faces(tracker) -> None:
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)

@@ -503,11 +503,18 @@ def _iter_decoded(
     partial_at = _first_partial_samples(container, info.path) if info.truncated and info.streaming else {}
     pending = 0.0  # work done for frames not yet out of the decoder
     decoded = 0
+    last_pts: int | None = None
+
+    def position() -> str:
+        # A decoder that skips frames (sample_video_frames) counts only those it outputs: say the time.
+        if video.codec_context.skip_frame == "DEFAULT" or last_pts is None:
+            return f"frame {decoded}"
+        return f"{float((last_pts - (video.start_time or 0)) * info.time_base):.2f} s"
 
     def fail(what: str, exc: av.FFmpegError) -> Exception:
         if info.streaming:
-            return _Cut(f"{what} after frame {decoded} ({exc.strerror})")
-        return InputError(f"cannot read {info.path}: {what} after frame {decoded} ({exc.strerror}); "
+            return _Cut(f"{what} after {position()} ({exc.strerror})")
+        return InputError(f"cannot read {info.path}: {what} after {position()} ({exc.strerror}); "
                           "the file is damaged")
 
     def decode(packet: av.Packet | None) -> list[av.VideoFrame]:
@@ -542,7 +549,7 @@ def _iter_decoded(
         frames = decode(packet)
         pending += time.perf_counter() - t0
         for frame in frames:
-            decoded += 1
+            decoded, last_pts = decoded + 1, frame.pts if frame.pts is not None else last_pts
             yield frame, pending
             pending = 0.0
     if stop is not None and stop.is_set():
@@ -551,11 +558,11 @@ def _iter_decoded(
     frames = decode(None)
     pending += time.perf_counter() - t0
     for frame in frames:
-        decoded += 1
+        decoded, last_pts = decoded + 1, frame.pts if frame.pts is not None else last_pts
         yield frame, pending
         pending = 0.0
     if info.truncated:
-        raise _Cut(f"the file is cut short after frame {decoded}")
+        raise _Cut(f"the file is cut short after {position()}")
 
 
 def _make_frame(vframe: av.VideoFrame, index: int, time_base: Fraction, decode_s: float) -> Frame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -369,6 +370,23 @@ def test_cut_streaming_file_in_read_video_frames(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="stream.sources"):
         frames = list(read_video_frames(cut))
     assert 5 < len(frames) < 30 and "ends mid-stream" in caplog.text
+    assert f"cut short after frame {len(frames)}" in caplog.text
+
+
+
+def test_cut_streaming_file_sampled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Matroska keeps the whole clip's duration in its header: samples are spread past the cut.
+    clip = make_clip(tmp_path / "a.mkv", frames=60)
+    cut = _cut(clip.path, tmp_path / "cut.mkv", 0.5)
+    with caplog.at_level(logging.WARNING, logger="stream.sources"):
+        whole = list(read_video_frames(cut))
+        caplog.clear()
+        sampled = list(sample_video_frames(cut, 20))
+    assert 5 < len(sampled) < 20 and _times(sampled) == sorted(set(_times(sampled)) & set(_times(whole)))
+    # A decoder that skips frames cannot count them: the warning gives the time of the cut instead.
+    found = re.search(r"cut short after (\d+\.\d\d) s", caplog.text)
+    assert found, caplog.text
+    assert float(found[1]) == pytest.approx(float(_times(whole)[-1] - _times(whole)[0]), abs=0.01)
 
 
 def _damaged_png_clip(path: Path, bad_frame: int = 5) -> Path:

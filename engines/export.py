@@ -22,7 +22,6 @@ import copy
 import importlib.util
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.cache import file_sha256
+from engines.cache import file_sha256, temp_beside
 from engines.exceptions import ExportError
 from engines.networks.res_unet import MultiScaleResUNet
 from engines.networks.simple_unet_02 import UNet
@@ -306,9 +305,7 @@ def export_onnx(
 
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(path, ".onnx")
     try:
         try:
             _run_export(

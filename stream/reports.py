@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stream.exceptions import OutputError
-from stream.sinks import same_file
+from stream.sinks import same_file, temp_beside
 
 
 def check_output_path(path: Path, option: str, protected: Mapping[str, Path | None]) -> None:
@@ -44,9 +43,9 @@ def check_parent_dir(path: Path, option: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` through a temporary file in the same directory, so a
     reader never sees half a report and a failed write leaves the previous file as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".facestream-tmp", dir=path.parent)
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)
     except BaseException:

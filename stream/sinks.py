@@ -42,7 +42,7 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -208,6 +208,24 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def temp_beside(path: Path, suffix: str = ".facestream-tmp") -> Path:
+    """Create an empty hidden file next to ``path`` (ending in ``suffix``) to write in full and then
+    ``os.replace`` onto ``path``.
+
+    The file gets the permissions any new file of the user gets (``0666`` less the umask), which
+    :func:`tempfile.mkstemp`'s private ``0600`` would hand on to the output: a video nobody else on the
+    machine, nor a web server, could read.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
 def _kept_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k.lower() not in _DROPPED_KEYS}
 
@@ -259,10 +277,7 @@ class VideoFileSink:
         self._encode_seconds = 0.0
         self._t_first: float | None = None
         self._warned_resize = False
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".facestream-tmp{self.path.suffix}",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_beside(self.path, f".facestream-tmp{self.path.suffix}")  # the suffix picks the muxer
         try:
             self._container = self._open_container()
             self._video = self._add_video_stream()

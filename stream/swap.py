@@ -43,9 +43,10 @@ class SwapOptions:
     source: Path
     """Image or video of the person whose face is put in."""
     input: Path
-    """Video whose faces are replaced."""
+    """Video (or image) whose faces are replaced."""
     output: Path
-    """Where the result goes (written to a temporary file, renamed at the end)."""
+    """Where the result goes (written to a temporary file, renamed at the end): a video, or for an image
+    INPUT also an image (:data:`stream.stills.IMAGE_OUTPUT_EXTENSIONS`)."""
     faces: FaceSelection = "all"
     """Which target faces to replace."""
     models: str | None = None
@@ -96,7 +97,18 @@ def check_paths(options: SwapOptions) -> None:
     out = options.output
     # The source too: it is read while the output is written.
     check_output_path(out, "OUTPUT", {"INPUT": options.input, "SOURCE": options.source})
-    encode_settings(options).for_output(out).codec_options()  # a bad --crf or --preset, before any set-up
+    from stream.stills import is_image_output
+
+    if is_image_output(out):
+        if options.input.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"an image OUTPUT ({out.name}) needs an image INPUT; {options.input.name} is "
+                             "not one (write a video OUTPUT for it)")
+        given = [name for name, v in (("--codec", options.codec), ("--crf", options.crf),
+                                      ("--preset", options.preset)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} set the video encoder; an image OUTPUT ({out.name}) has none")
+    else:
+        encode_settings(options).for_output(out).codec_options()  # a bad --crf or --preset, before any set-up
     if options.report is not None:
         check_output_path(options.report, "--report", {"INPUT": options.input, "SOURCE": options.source,
                                                        "OUTPUT": options.output})
@@ -263,6 +275,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     """
     from stream.sinks import VideoFileSink
     from stream.sources import VideoFileSource, probe_video
+    from stream.stills import ImageFileSink, is_image_output
     from stream.tracking import FaceTracker
 
     check_paths(options)
@@ -281,11 +294,15 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
-    sink: VideoFileSink | None = None
+    sink: VideoFileSink | ImageFileSink | None = None
     try:
         # The output before the tracker: a container that cannot hold a stream fails before MediaPipe starts.
-        sink = VideoFileSink(options.output, source, settings=encode_settings(options),
-                             metadata=output_metadata(options))
+        if is_image_output(options.output):
+            sink = ImageFileSink(options.output, options.input, metadata=output_metadata(options),
+                                 learned=options.models is not None)
+        else:
+            sink = VideoFileSink(options.output, source, settings=encode_settings(options),
+                                 metadata=output_metadata(options))
         # FaceTracker closes what it started if its own set-up is interrupted.
         step: FrameProcessor = tracker if tracker is not None else FaceTracker()
     except BaseException:

@@ -179,6 +179,56 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
     assert out.exists()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_outputs_get_the_permissions_of_any_new_file(swapped):
+    # Not mkstemp's private 0600: a web server or another user reads the video like any file made here.
+    expected = 0o666 & ~_umask()
+    for name in ("out.mp4", "report.json"):
+        assert (swapped["dir"] / name).stat().st_mode & 0o777 == expected, name
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_photo_swapped_into_an_image_is_upright_and_marked_synthetic(media, tmp_path, suffix):
+    from PIL import Image
+
+    astronaut, _ = sample_faces()
+    upright = np.ascontiguousarray(astronaut[:, 40:470])  # 512 x 430: a turn shows in the size
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise, as a phone held upright stores it
+    Image.fromarray(np.rot90(upright, 1)).save(photo, exif=exif.tobytes(), quality=98, subsampling=0)
+    out = tmp_path / f"out{suffix}"
+    before = sha256(photo)
+    r = facestream("swap", "--source", media["source"], photo, "-o", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert sha256(photo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photo.jpg", out.name]), "no temporary file left"
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    with Image.open(out) as im:
+        got = np.asarray(im.convert("RGB"))
+        info = dict(im.info)
+    assert got.shape == upright.shape  # the pixels are turned upright, not left to a tag
+    # The face is the source's; away from it the photo is unchanged beyond (JPEG) coding.
+    src_img = cv2.cvtColor(cv2.imread(str(media["source"])), cv2.COLOR_BGR2RGB)
+    aligner = FaceAligner(src_img)
+    out_crop = aligner.crop(got)
+    assert aligner.ncc(out_crop, aligner.crop(src_img)) > aligner.ncc(out_crop, aligner.crop(upright)) + 0.05
+    seen = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)  # decoded and turned by its EXIF tag
+    assert psnr(got[:, :60], seen[:, :60]) >= 38.0 and psnr(got[-60:], seen[-60:]) >= 38.0
+    # Marked as synthetic where image tools look: IPTC Digital Source Type in XMP, and text fields.
+    xmp = info["xmp"].decode() if isinstance(info["xmp"], bytes) else info["xmp"]
+    assert "digitalsourcetype/compositeSynthetic" in xmp and "facestream" in xmp
+    if suffix == ".png":
+        assert info["synthetic"] == "true" and "facestream" in info["Comment"] and "facestream" in info["Software"]
+    else:
+        assert b"Synthetic media" in info["comment"]
+
+
 def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(media, tmp_path):
     out = tmp_path / "bench.json"
     before = sha256(media["cfr"])
@@ -336,6 +386,11 @@ BAD_OPTIONS = {
     "crf out of range": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--crf", "99"], "crf 99"),
     "unknown preset": (["swap", "--source", "{src}", "{clip}", "-o", "{out}", "--preset", "warp"], "preset 'warp'"),
     "bench json is the input": (["bench", "{clip}", "--source", "{src}", "--json", "{clip}"], "--json"),
+    "image output of a video": (["swap", "--source", "{src}", "{clip}", "-o", "{tmp}/out.png"],
+                                "needs an image INPUT"),
+    "encoder options for an image": (["swap", "--source", "{src}", "{src}", "-o", "{tmp}/out.jpg", "--crf", "20"],
+                                     "--crf set the video encoder"),
+    "unknown output extension": (["swap", "--source", "{src}", "{clip}", "-o", "{tmp}/out.gif"], "'.gif'"),
 }
 
 

@@ -1,0 +1,72 @@
+"""Still image outputs: the marks go in without touching the pixels, and the sink writes one frame or none."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from stream.exceptions import OutputError
+from stream.frames import Frame
+from stream.stills import ImageFileSink, mark_jpeg, mark_png, xmp_packet
+
+TAGS = {"synthetic": "true", "comment": "Synthetic media: test", "encoder_app": "facestream 0", "title": "Ζωή"}
+
+
+def _image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def test_png_marks_keep_the_pixels_and_any_text() -> None:
+    image = _image()
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    marked = mark_png(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=True))
+    assert np.array_equal(cv2.imdecode(np.frombuffer(marked, np.uint8), cv2.IMREAD_COLOR), image)
+    with Image.open(io.BytesIO(marked)) as im:
+        im.load()  # every chunk's CRC is checked
+        info = im.info
+    assert info["synthetic"] == "true" and info["Comment"] == TAGS["comment"] and info["Software"] == "facestream 0"
+    assert info["title"] == "Ζωή"  # not Latin-1: an iTXt chunk
+    assert "compositeWithTrainedAlgorithmicMedia" in info["XML:com.adobe.xmp"]
+    with pytest.raises(ValueError, match="not a PNG"):
+        mark_png(b"GIF89a", TAGS, b"")
+
+
+def test_jpeg_marks_keep_the_pixels_and_jfif_first() -> None:
+    image = _image()
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    marked = mark_jpeg(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=False))
+    assert marked[2:4] == b"\xff\xe0" and marked[6:11] == b"JFIF\0"
+    decoded = cv2.imdecode(np.frombuffer(marked, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decoded, cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    with Image.open(io.BytesIO(marked)) as im:
+        assert im.info["comment"] == TAGS["comment"].encode()
+        assert b"digitalsourcetype/compositeSynthetic" in im.info["xmp"]
+
+
+async def test_image_sink_takes_one_frame_and_leaves_nothing_when_aborted(tmp_path: Path) -> None:
+    frame = Frame(index=0, image=cv2.cvtColor(_image(), cv2.COLOR_BGR2RGB))
+    sink = ImageFileSink(tmp_path / "a.png", tmp_path / "in.jpg")
+    await sink.write(frame)
+    with pytest.raises(OutputError, match="more than one frame"):
+        await sink.write(frame)
+    await sink.abort()
+    assert list(tmp_path.iterdir()) == []
+    empty = ImageFileSink(tmp_path / "b.png", tmp_path / "in.jpg")
+    with pytest.raises(OutputError, match="no frames"):
+        await empty.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="use one of"):
+        ImageFileSink(tmp_path / "c.gif", tmp_path / "in.jpg")
+    sink = ImageFileSink(tmp_path / "d.png", tmp_path / "in.jpg")
+    await sink.write(frame)
+    stats = await sink.close()
+    assert stats.frames == 1 and stats.bytes == (tmp_path / "d.png").stat().st_size
+    assert np.array_equal(cv2.imread(str(tmp_path / "d.png")), _image())

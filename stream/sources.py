@@ -242,6 +242,9 @@ def _open_input(path: Path) -> InputContainer:
                 return av.open(_FilePrefix(path, fragments.whole_end), mode="r", metadata_errors="replace")
             except av.FFmpegError:
                 pass
+        if fragments is not None and fragments.cut:
+            raise TruncatedMediaError(f"cannot read {path}: the fragmented MP4 is cut short before its first whole "
+                                      "frame") from exc
         if _looks_like_isobmff(path):
             raise TruncatedMediaError(
                 f"cannot read {path}: the MP4/MOV has no complete index (moov atom); the file is cut "
@@ -360,16 +363,22 @@ def _stream_infos(container: InputContainer) -> tuple[StreamInfo, ...]:
     return tuple(out)
 
 
-def _first_frame(container: InputContainer, video: VideoStream, path: Path) -> av.VideoFrame:
+def _first_frame(container: InputContainer, video: VideoStream, path: Path, *, cut: bool) -> av.VideoFrame:
+    # A cut MP4's sample that runs past the end is not decoded (a fragmented MP4 cut in its first fragment:
+    # its whole frames are still in the decoder when that sample comes).
+    partial_at = _first_partial_samples(container, path).get(video.index) if cut else None
     try:
         for n, packet in enumerate(container.demux(video)):
-            for frame in video.decode(packet if packet.size else None):
+            whole = packet.size and (partial_at is None or packet.pos is None or packet.pos < partial_at)
+            for frame in video.decode(packet if whole else None):
                 return frame
-            if n >= _PROBE_MAX_PACKETS:
+            if n >= _PROBE_MAX_PACKETS or not whole:
                 break
     except av.FFmpegError as exc:
         raise UnsupportedMediaError(
             f"{path}: cannot decode the {video.codec_context.name} video stream ({exc.strerror})") from exc
+    if cut:
+        raise TruncatedMediaError(f"{path}: the file is cut short before its first whole frame")
     raise UnsupportedMediaError(f"{path}: the {video.codec_context.name} video stream has no decodable frame")
 
 
@@ -383,7 +392,7 @@ def _probe(container: InputContainer, path: Path, *, decode_first: bool) -> Vide
     ctx = video.codec_context
     rotation = 0
     if decode_first:
-        rotation = int(_first_frame(container, video, path).rotation) % 360
+        rotation = int(_first_frame(container, video, path, cut=truncated).rotation) % 360
     tb = video.time_base or Fraction(1, 90000)
     if video.duration is not None:
         duration: float | None = float(video.duration * tb)

@@ -356,6 +356,29 @@ async def test_cut_fragmented_mp4_is_decoded_up_to_the_cut(tmp_path: Path, where
     assert channel.ended and len(channel) > 0
 
 
+async def test_fragmented_mp4_cut_in_its_first_fragment(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=30, audio="aac", video_options={"preset": "veryfast"},
+                     options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "100000"})
+    data = clip.path.read_bytes()
+    (moof, moof_size, _), (mdat, mdat_size, _) = [b for b in _top_level_boxes(data) if b[2] in (b"moof", b"mdat")][:2]
+    with av.open(str(clip.path)) as c:  # the first fragment's video samples
+        first = sorted((e.pos, e.size) for e in c.streams.video[0].index_entries if mdat < e.pos < mdat + mdat_size)
+    assert len(first) >= 3, first
+    # After the second video sample of the first fragment: its whole frames come out, the rest is the cut.
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:first[1][0] + first[1][1] + 10])
+    frames = await _drain(VideoFileSource(cut))
+    by_pts = {f.pts: f for f in decoded_frames(clip.path)}
+    assert 1 <= len(frames) <= 2
+    for frame in frames:
+        np.testing.assert_array_equal(frame.image, by_pts[frame.pts].to_ndarray(format="rgb24"))
+    # Inside the first frame or the first fragment's header: nothing whole to give, and one line says so.
+    for end in (first[0][0] + first[0][1] // 2, moof + moof_size // 2):
+        cut.write_bytes(data[:end])
+        with pytest.raises(TruncatedMediaError, match="cut short before its first whole frame"):
+            VideoFileSource(cut)
+
+
 def test_plain_mp4_cut_short_still_fails_as_cut(tmp_path: Path) -> None:
     # Unlike a fragmented one, its index promises what the file no longer has.
     plain = make_clip(tmp_path / "plain.mp4", frames=20, options={"movflags": "+faststart"})

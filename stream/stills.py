@@ -37,7 +37,8 @@ import numpy as np
 
 from stream.exceptions import OutputError
 from stream.frames import Frame
-from stream.sinks import SinkStats, same_file, synthetic_marks, temp_beside
+from stream.reports import check_output_path
+from stream.sinks import SinkStats, synthetic_marks, temp_beside
 
 #: Image extensions an OUTPUT may have.
 IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -134,19 +135,11 @@ class ImageFileSink:
     def __init__(self, path: str | os.PathLike[str], input_path: str | os.PathLike[str], *,
                  metadata: Mapping[str, str] = MappingProxyType({}), learned: bool = False,
                  jpeg_quality: int = 95) -> None:
-        self.path = Path(path)
-        out = self.path
-        if same_file(out, Path(input_path)):
-            raise OutputError(f"output {out} is the input file; choose another output path")
-        if out.is_dir():
-            raise OutputError(f"output {out} is a directory; give a file name such as {out / 'out.png'}")
-        if not out.parent.is_dir():
-            raise OutputError(f"output directory {out.parent} does not exist")
+        self.path = out = Path(path)
+        check_output_path(out, "output", {"INPUT": Path(input_path)})
         if not is_image_output(out):
             raise OutputError(f"unknown image extension {out.suffix or '(none)'!r} in {out}; "
                               f"use one of: {', '.join(IMAGE_OUTPUT_EXTENSIONS)}")
-        if not os.access(out.parent, os.W_OK):
-            raise OutputError(f"cannot write to {out.parent}: permission denied")
         if not 1 <= jpeg_quality <= 100:
             raise OutputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
         self.tags = synthetic_marks(metadata)

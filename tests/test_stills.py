@@ -65,6 +65,8 @@ async def test_image_sink_takes_one_frame_and_leaves_nothing_when_aborted(tmp_pa
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OutputError, match="use one of"):
         ImageFileSink(tmp_path / "c.gif", tmp_path / "in.jpg")
+    with pytest.raises(OutputError, match="same file as INPUT"):
+        ImageFileSink(tmp_path / "in.png", tmp_path / "in.png")
     sink = ImageFileSink(tmp_path / "d.png", tmp_path / "in.jpg")
     await sink.write(frame)
     stats = await sink.close()

@@ -6,7 +6,6 @@ and a missing directory must fail before minutes of work, not after them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.exceptions import OutputError
-from stream.sinks import same_file, temp_beside
+from stream.sinks import same_file, write_whole
 
 
 def check_output_path(path: Path, option: str, protected: Mapping[str, Path | None]) -> None:
@@ -41,17 +40,9 @@ def check_parent_dir(path: Path, option: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file in the same directory, so a
-    reader never sees half a report and a failed write leaves the previous file as it was."""
-    tmp = temp_beside(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as indented JSON to ``path``, whole (:func:`stream.sinks.write_whole`): a reader never
+    sees half a report and a failed write leaves the previous file as it was."""
+    write_whole(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 __all__ = ["check_output_path", "check_parent_dir", "write_json"]

@@ -226,6 +226,19 @@ def temp_beside(path: Path, suffix: str = ".facestream-tmp") -> Path:
     raise FileExistsError(f"no free temporary name next to {path}")
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a :func:`temp_beside` file renamed over it: a reader never sees
+    half a file, and a failed write leaves the previous one as it was."""
+    tmp = temp_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 def _kept_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k.lower() not in _DROPPED_KEYS}
 

@@ -22,7 +22,6 @@ The pipeline's frames are 8-bit RGB: a 16-bit PNG comes out 8-bit and an alpha c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import struct
 import time
@@ -38,7 +37,7 @@ import numpy as np
 from stream.exceptions import OutputError
 from stream.frames import Frame
 from stream.reports import check_output_path
-from stream.sinks import SinkStats, synthetic_marks, temp_beside
+from stream.sinks import SinkStats, synthetic_marks, write_whole
 
 #: Image extensions an OUTPUT may have.
 IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -165,17 +164,15 @@ class ImageFileSink:
         upright = np.rot90(frame.image, (frame.rotation % 360) // 90)
         bgr = cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_RGB2BGR)
         xmp = xmp_packet(self.tags, learned=self.learned)
-        if self.path.suffix.lower() == ".png":
-            ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-            data = mark_png(buf.tobytes(), self.tags, xmp) if ok else b""
-        else:
-            # 4:4:4: halved chroma alone costs saturated colours ~1 dB, below what a video output keeps.
-            params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality,
-                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-            ok, buf = cv2.imencode(".jpg", bgr, params)
-            data = mark_jpeg(buf.tobytes(), self.tags, xmp) if ok else b""
+        png = self.path.suffix.lower() == ".png"
+        # JPEG in 4:4:4: halved chroma alone costs saturated colours ~1 dB, below what a video output keeps.
+        params = ([cv2.IMWRITE_PNG_COMPRESSION, 3] if png else
+                  [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality,
+                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        ok, buf = cv2.imencode(".png" if png else ".jpg", bgr, params)
         if not ok:
             raise OutputError(f"cannot encode {self.path.name}: OpenCV's encoder failed")
+        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp)
         self._encode_seconds += time.perf_counter() - t0
         return data
 
@@ -187,21 +184,10 @@ class ImageFileSink:
         if self._data is None:
             raise OutputError(f"no frames were written to {self.path}; nothing saved")
         # On the event loop, not a thread: a run interrupted here must not see the file appear after it.
-        self._save(self._data)
+        write_whole(self.path, self._data)
         assert self._t_first is not None
         return SinkStats(path=self.path, frames=1, bytes=len(self._data), encode_seconds=self._encode_seconds,
                          copied_packets=0, wall_seconds=time.perf_counter() - self._t_first)
-
-    def _save(self, data: bytes) -> None:
-        tmp = temp_beside(self.path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     async def abort(self) -> None:
         """Drop the frame; ``path`` is left as it was. Idempotent."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from stream import __version__
 from stream.frames import Frame, TrackedFace
+from stream.memory import release_free_memory, reset_peak_rss
 from stream.swap import SwapOptions, encode_settings, swap_video
 
 
@@ -26,20 +27,28 @@ async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> di
     d = stats.as_dict()
     return {"frames": stats.frames, "seconds": round(stats.wall_seconds, 4), "fps": round(stats.fps, 3),
             "cpu_ms_per_frame": d["cpu_ms_per_frame"], "cores_busy": d["cores_busy"],
-            "ms_per_frame": d["ms_per_frame"]}
+            "ms_per_frame": d["ms_per_frame"], "memory": d["memory"]}
 
 
 async def _best_runs(input: Path, source: Path, repeat: int, variants: dict[str, dict[str, Any]],
                      swap_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The transcode floor and each swap variant (``swap_video`` keyword hooks by name), ``repeat`` times
-    each, interleaved; the best (fastest, least disturbed by other load on the machine) run of each."""
+    each, interleaved; the best (fastest, least disturbed by other load on the machine) run of each.
+
+    Before each run the memory earlier runs freed is handed back to the system and the process's peak
+    mark is lowered, so that every run's peak is its own (the bench owns its process; see
+    :mod:`stream.memory`)."""
     runs: dict[str, list[dict[str, Any]]] = {"transcode floor": [], **{name: [] for name in variants}}
     with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
         for i in range(repeat):
             opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
                                **swap_kwargs)
+            release_free_memory()
+            reset_peak_rss()
             runs["transcode floor"].append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
             for name, hooks in variants.items():
+                release_free_memory()
+                reset_peak_rss()
                 runs[name].append(await swap_video(opts, **hooks))
     return {name: max(rs, key=lambda r: r["fps"]) for name, rs in runs.items()}
 
@@ -61,7 +70,7 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         **_header(input, source, repeat),
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
-                                       "cores_busy", "ms_per_frame", "setup_seconds")},
+                                       "cores_busy", "ms_per_frame", "setup_seconds", "memory")},
         **against_floor(swap["fps"], floor["fps"]),
     }
 
@@ -112,19 +121,22 @@ async def bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **swap_
     floor_fps = best["transcode floor"]["fps"]
     rows = {name: {"frames": r["frames"], "fps": r["fps"], "ms_per_frame": round(1000 / r["fps"], 3),
                    **against_floor(r["fps"], floor_fps), "cpu_ms_per_frame": r["cpu_ms_per_frame"],
-                   "cores_busy": r["cores_busy"]}
+                   "cores_busy": r["cores_busy"], "memory": r["memory"]}
             for name, r in best.items()}
     return {**_header(input, source, repeat), "breakdown": rows}
 
 
 def format_breakdown_table(result: dict[str, Any]) -> str:
     """A plain-text table of :func:`bench_breakdown`."""
-    lines = [f"{'run':<18}{'fps':>9}{'ms/frame':>10}{'added ms':>10}{'ratio':>8}{'cpu ms/frame':>14}{'cores':>7}"]
+    lines = [f"{'run':<18}{'fps':>9}{'ms/frame':>10}{'added ms':>10}{'ratio':>8}{'cpu ms/frame':>14}{'cores':>7}"
+             f"{'peak MiB':>10}{'run MiB':>9}"]
     for name, r in result["breakdown"].items():
         lines.append(f"{name:<18}{r['fps']:>9.1f}{r['ms_per_frame']:>10.2f}{r['added_ms_per_frame']:>10.2f}"
-                     f"{r['ratio_to_floor']:>8.3f}{r['cpu_ms_per_frame']:>14.2f}{r['cores_busy']:>7.2f}")
+                     f"{r['ratio_to_floor']:>8.3f}{r['cpu_ms_per_frame']:>14.2f}{r['cores_busy']:>7.2f}"
+                     f"{_num(r['memory'].get('rss_peak_mib'), 0):>10}{_num(r['memory'].get('rss_added_mib'), 0):>9}")
     lines.append("added ms: wall time per frame over the transcode floor's; 'stages only' replays faces tracked in "
-                 "an earlier pass.")
+                 "an earlier pass. peak MiB: the process's resident memory at its highest during the run; "
+                 "run MiB: how far the run raised it.")
     return "\n".join(lines)
 
 
@@ -152,18 +164,29 @@ def format_swap_table(result: dict[str, Any]) -> str:
     lines.append(f"{'end-to-end fps':<16}{floor['fps']:>16.2f}{swap['fps']:>16.2f}")
     lines.append(f"{'cpu ms/frame':<16}{floor['cpu_ms_per_frame']:>16.2f}{swap['cpu_ms_per_frame']:>16.2f}")
     lines.append(f"{'cores busy':<16}{floor['cores_busy']:>16.2f}{swap['cores_busy']:>16.2f}")
+    fm, sm = floor["memory"], swap["memory"]
+    lines.append(f"{'peak RSS MiB':<16}{_num(fm.get('rss_peak_mib'), 0):>16}{_num(sm.get('rss_peak_mib'), 0):>16}")
+    lines.append(f"{'RSS added MiB':<16}{_num(fm.get('rss_added_mib'), 0):>16}{_num(sm.get('rss_added_mib'), 0):>16}")
+    lines.append(f"{'RSS growth':<16}{_num(fm.get('growth_mib_per_1000_frames'), 1):>16}"
+                 f"{_num(sm.get('growth_mib_per_1000_frames'), 1):>16}")
     lines.append(f"swap / transcode floor: {result['ratio_to_floor']:.3f}  "
                  f"({swap['frames']} frames, {swap['frames_with_faces']} with faces); the swap adds "
                  f"{_ms(result['added_ms_per_frame'])} ms of wall time per frame")
     lines.append("cpu: the whole process, every thread (encoder, decoder and MediaPipe threads included); "
-                 f"{result['machine']['cpus']} cores available.")
+                 f"{result['machine']['cpus']} cores available. peak RSS: the process at its highest during the run; "
+                 "added: how far the run raised it; growth: MiB per 1000 frames over the second half of a run "
+                 "of 1000 frames or more (a leak keeps it above 0 however long the clip).")
     lines.append("step times overlap (decode, track, swap, encode run concurrently on their own threads), "
                  "so they do not add up to 1000/fps.")
     return "\n".join(lines)
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return _num(value, 2)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def run_bench_swap(input: Path, source: Path, *, repeat: int = 1, **kwargs: Any) -> dict[str, Any]:

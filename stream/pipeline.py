@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from stream.exceptions import EndOfStream
 from stream.frames import Frame
+from stream.memory import MemoryWatch
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class PipelineStats:
     cpu_seconds: float = 0.0
     """CPU time of the whole process (every thread, libraries' own included) while the run lasted: what
     the run cost on a machine whose cores it shares with nothing else."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """The process's resident memory over the run (:meth:`stream.memory.MemoryWatch.result`)."""
     sink: Any = None
 
     def add(self, frame: Frame) -> None:
@@ -94,6 +97,7 @@ class PipelineStats:
             "cpu_ms_per_frame": round(1000 * self.cpu_seconds / max(self.frames, 1), 3),
             "cores_busy": round(self.cpu_seconds / self.wall_seconds, 3) if self.wall_seconds > 0 else 0.0,
             "ms_per_frame": {k: round(1000 * v / max(self.frames, 1), 3) for k, v in sorted(steps.items())},
+            "memory": dict(self.memory),
         }
 
 
@@ -106,10 +110,14 @@ async def run_pipeline(
 ) -> PipelineStats:
     """Pull every frame of ``track`` into ``sink`` and close it; on failure abort the sink and re-raise.
 
+    The returned statistics include the run's wall and CPU time and the process's memory over it
+    (:class:`stream.memory.MemoryWatch`, a sample every 16 frames).
+
     ``stop`` (optional) is called once at the end however the run ends, after ``track.stop()``: use it to
     release resources owned outside the tracks.
     """
     stats = PipelineStats()
+    memory = MemoryWatch()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         while True:
@@ -118,6 +126,7 @@ async def run_pipeline(
             except EndOfStream:
                 break
             stats.add(frame)
+            memory.frame()
             if on_frame is not None:
                 on_frame(frame)
             await sink.write(frame)
@@ -133,4 +142,5 @@ async def run_pipeline(
             stop()
         stats.wall_seconds = time.perf_counter() - t0
         stats.cpu_seconds = time.process_time() - c0
+        stats.memory = memory.result()
     return stats

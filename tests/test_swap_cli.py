@@ -172,6 +172,9 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
         assert key in report
     assert report["frames_with_faces"] >= 12
     assert {"decode", "track"} <= set(report["ms_per_frame"])
+    # A fresh process whose largest phase is the run: its peak is the kernel's mark, above where it began.
+    memory = report["memory"]
+    assert memory["peak_exact"] is True and memory["rss_peak_mib"] > memory["rss_start_mib"] > 0
     out = tmp_path / "largest.mp4"
     r = facestream("swap", "--source", media["source"], media["cfr"], "-o", out, "--faces", "largest",
                    "--no-progress")
@@ -254,6 +257,15 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     assert 0 < floor["cpu_ms_per_frame"] < swap["cpu_ms_per_frame"]
     assert floor["cores_busy"] > 0 and swap["cores_busy"] > 0
     assert "cpu ms/frame" in r.stdout
+    # Memory per run: each run's own peak (the bench lowers the process's mark before each); the swap holds
+    # MediaPipe and the stages on top of what the floor holds.
+    for run in (floor, swap):
+        memory = run["memory"]
+        assert memory["peak_exact"] is True
+        assert memory["rss_peak_mib"] >= max(memory["rss_start_mib"], memory["rss_end_mib"]) > 0
+        assert memory["growth_mib_per_1000_frames"] is None  # a clip this short shows only the warm-up
+    assert swap["memory"]["rss_peak_mib"] > floor["memory"]["rss_peak_mib"]
+    assert f"{'peak RSS MiB':<16}{floor['memory']['rss_peak_mib']:>16.0f}" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # its videos went to a temp dir
 
 
@@ -272,7 +284,9 @@ def test_bench_breakdown_separates_tracking_from_the_stages(media, tmp_path):
         assert row["ratio_to_floor"] == pytest.approx(row["fps"] / floor["fps"], abs=1e-3)
         assert row["added_ms_per_frame"] == pytest.approx(1000 / row["fps"] - 1000 / floor["fps"], abs=1e-2)
         assert row["cpu_ms_per_frame"] > floor["cpu_ms_per_frame"], name  # each does more than the floor
-    assert "tracking only" in r.stdout and "stages only" in r.stdout
+    for row in rows.values():
+        assert row["memory"]["rss_peak_mib"] >= row["memory"]["rss_start_mib"] > 0
+    assert "tracking only" in r.stdout and "stages only" in r.stdout and "peak MiB" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["breakdown.json"]
 
 

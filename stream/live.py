@@ -34,7 +34,7 @@ from stream.exceptions import EndOfStream, InputError, InputNotFoundError, NoFac
 from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pixels import lazy_capable, rgb_image, yuv420_frame
-from stream.sinks import is_isobmff, same_file, synthetic_marks
+from stream.sinks import append_xmp_box, is_isobmff, same_file, synthetic_marks, xmp_packet
 from stream.tracks import FrameTrack
 
 logger = logging.getLogger(__name__)
@@ -478,6 +478,8 @@ class EncodedOutput:
                     container.close()
             else:
                 container.close()
+                if is_isobmff(container):  # the same XMP marks as a facestream swap's MP4/MOV
+                    append_xmp_box(self.target, xmp_packet(self.metadata, learned=False))
 
     async def write(self, frame: Frame) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, frame)

@@ -24,7 +24,9 @@ A :class:`VideoFileSink` writes what a :class:`~stream.sources.VideoFileSource` 
   rotation are kept. Every output is marked as synthetic: ``synthetic=true``,
   ``encoder_app=facestream <version>``, whatever the caller adds (``facestream_mode=swap``...) and a
   human-readable ``comment`` when the input has none. MP4/MOV are written with
-  ``movflags=+use_metadata_tags`` so these custom keys survive.
+  ``movflags=+use_metadata_tags`` so these custom keys survive, and end with an XMP packet
+  (:func:`xmp_packet`: IPTC's Digital Source Type, the creator tool, the comment) in a top-level
+  ``uuid`` box (:func:`append_xmp_box`).
 - **Safety.** The output is written to a hidden temporary file next to ``path`` and renamed over it by
   :meth:`VideoFileSink.close`; an output that is the input file is refused before anything is opened
   for writing; :meth:`VideoFileSink.abort` (and any failure) removes the temporary file.
@@ -43,6 +45,7 @@ import io
 import logging
 import os
 import secrets
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
+from xml.sax.saxutils import escape, quoteattr
 
 import av
 import numpy as np
@@ -108,6 +112,49 @@ def synthetic_marks(metadata: Mapping[str, str] | None = None) -> dict[str, str]
         mode = meta.get("facestream_mode")
         meta["comment"] = f"Synthetic media: altered by facestream {__version__}" + (f" ({mode})" if mode else "")
     return meta
+
+
+#: IPTC Digital Source Types, the field photo and video tools and C2PA readers look at for synthetic media.
+_DIGITAL_SOURCE_TYPES = {
+    "weight-free": "http://cv.iptc.org/newscodes/digitalsourcetype/compositeSynthetic",
+    "learned": "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia",
+}
+
+
+
+def xmp_packet(tags: Mapping[str, str], *, learned: bool) -> bytes:
+    """An XMP packet with IPTC's Digital Source Type, the creator tool and the comment of ``tags``."""
+    source_type = _DIGITAL_SOURCE_TYPES["learned" if learned else "weight-free"]
+    comment = escape(tags.get("comment", ""))
+    text = (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about=""\n'
+        '    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"\n'
+        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+        f"    Iptc4xmpExt:DigitalSourceType={quoteattr(source_type)}\n"
+        f"    xmp:CreatorTool={quoteattr(tags.get('encoder_app', ''))}>\n"
+        f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{comment}</rdf:li></rdf:Alt></dc:description>\n'
+        "  </rdf:Description>\n"
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="r"?>'
+    )
+    return text.encode("utf-8")
+
+
+#: Adobe's UUID for an XMP packet in an ISO base media file (XMP Specification Part 3, MPEG-4).
+XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
+
+
+def append_xmp_box(path: str | os.PathLike[str], xmp: bytes) -> None:
+    """Append ``xmp`` to the finished MP4/MOV file ``path`` as a top-level ``uuid`` box with XMP's UUID,
+    where Adobe's XMP specification puts it for MPEG-4 files and where exiftool reads it. Nothing
+    before it moves, so the sample offsets in ``moov`` stay right; players skip boxes they do not know."""
+    with open(path, "ab") as f:
+        f.write(struct.pack(">I4s", 8 + len(XMP_UUID) + len(xmp), b"uuid") + XMP_UUID + xmp)
 
 
 def is_isobmff(container: OutputContainer) -> bool:
@@ -261,6 +308,8 @@ class VideoFileSink:
         settings: video encoder settings.
         metadata: extra container metadata, e.g. ``{"facestream_mode": "swap"}``.
         queue_size: frames buffered ahead of the encoder thread.
+        learned: the frames were made by learned networks: an MP4/MOV's XMP packet gives IPTC's Digital
+            Source Type ``compositeWithTrainedAlgorithmicMedia`` instead of ``compositeSynthetic``.
 
     Raises :class:`OutputError` when ``path`` is the input, its directory is missing or not
     writable, the extension is unknown, or the container cannot hold the codec or a copied stream.
@@ -274,6 +323,7 @@ class VideoFileSink:
         settings: EncodeSettings = EncodeSettings(),
         metadata: Mapping[str, str] = MappingProxyType({}),
         queue_size: int = 8,
+        learned: bool = False,
     ) -> None:
         self.path = Path(path)
         self.source = source
@@ -300,6 +350,10 @@ class VideoFileSink:
             chapters = self.source.video_stream.container.chapters()
             self._channel: PacketChannel | None = self._add_copy_streams(chapters=bool(chapters))
             self._set_container_metadata(metadata)
+            # MP4/MOV also get the marks as XMP, which photo and video tools read (Matroska has no place
+            # for it: its tags carry the marks).
+            self._xmp = (xmp_packet(dict(self._container.metadata), learned=learned)
+                         if is_isobmff(self._container) else None)
             if chapters:
                 self._container.set_chapters(chapters)
             self._write_header()
@@ -588,6 +642,8 @@ class VideoFileSink:
                 logger.info("%s: the input was not read to the end; copied streams stop where it stopped",
                             self.path)
         self._container.close()
+        if self._xmp is not None:
+            append_xmp_box(self._tmp, self._xmp)
 
     def _start(self) -> None:
         self._t_first = time.perf_counter()

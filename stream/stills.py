@@ -29,7 +29,6 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from xml.sax.saxutils import escape, quoteattr
 
 import cv2
 import numpy as np
@@ -37,43 +36,14 @@ import numpy as np
 from stream.exceptions import OutputError
 from stream.frames import Frame
 from stream.reports import check_output_path
-from stream.sinks import SinkStats, synthetic_marks, write_whole
+from stream.sinks import SinkStats, synthetic_marks, write_whole, xmp_packet
 
 #: Image extensions an OUTPUT may have.
 IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
-_DIGITAL_SOURCE_TYPES = {
-    "weight-free": "http://cv.iptc.org/newscodes/digitalsourcetype/compositeSynthetic",
-    "learned": "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia",
-}
-
-
 def is_image_output(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` names an image OUTPUT (by its extension)."""
     return Path(path).suffix.lower() in IMAGE_OUTPUT_EXTENSIONS
-
-
-def xmp_packet(tags: Mapping[str, str], *, learned: bool) -> bytes:
-    """An XMP packet with IPTC's Digital Source Type, the creator tool and the comment of ``tags``."""
-    source_type = _DIGITAL_SOURCE_TYPES["learned" if learned else "weight-free"]
-    comment = escape(tags.get("comment", ""))
-    text = (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
-        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-        '  <rdf:Description rdf:about=""\n'
-        '    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"\n'
-        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
-        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
-        f"    Iptc4xmpExt:DigitalSourceType={quoteattr(source_type)}\n"
-        f"    xmp:CreatorTool={quoteattr(tags.get('encoder_app', ''))}>\n"
-        f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{comment}</rdf:li></rdf:Alt></dc:description>\n'
-        "  </rdf:Description>\n"
-        " </rdf:RDF>\n"
-        "</x:xmpmeta>\n"
-        '<?xpacket end="r"?>'
-    )
-    return text.encode("utf-8")
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -302,7 +302,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
                                  learned=options.models is not None)
         else:
             sink = VideoFileSink(options.output, source, settings=encode_settings(options),
-                                 metadata=output_metadata(options))
+                                 metadata=output_metadata(options), learned=options.models is not None)
         # FaceTracker closes what it started if its own set-up is interrupted.
         step: FrameProcessor = tracker if tracker is not None else FaceTracker()
     except BaseException:

@@ -69,3 +69,44 @@ def packet_summary(path: Path, kind: str) -> list[tuple[int | None, int]]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+_XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")  # Adobe's, for XMP in ISO media files
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+
+
+def top_level_boxes(path: Path) -> list[tuple[bytes, bytes]]:
+    """``(type, payload)`` of each top-level box of an MP4/MOV file, read by the ISO BMFF layout."""
+    import struct
+
+    data = Path(path).read_bytes()
+    boxes, i = [], 0
+    while i < len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[i + 8:i + 16])[0], 16
+        elif size == 0:
+            size = len(data) - i
+        assert size >= header and i + size <= len(data), f"box {kind!r} at {i} overruns the file"
+        boxes.append((kind, data[i + header:i + size]))
+        i += size
+    return boxes
+
+
+def xmp_description(path: Path) -> dict[str, str]:
+    """The attributes (``{namespace}name``) of the XMP packet's ``rdf:Description`` in the top-level XMP
+    ``uuid`` box of an MP4/MOV file; asserts there is exactly one such box."""
+    from xml.etree import ElementTree
+
+    packets = [p[16:] for kind, p in top_level_boxes(path) if kind == b"uuid" and p[:16] == _XMP_UUID]
+    assert len(packets) == 1, f"{len(packets)} XMP boxes in {path}"
+    root = ElementTree.fromstring(packets[0])
+    description = root.find(f".//{_RDF}Description")
+    assert description is not None
+    out = dict(description.attrib)
+    for child in description:  # dc:description's text, under its tag
+        li = child.find(f".//{_RDF}li")
+        if li is not None:
+            out[child.tag] = li.text or ""
+    return out

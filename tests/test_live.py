@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 from liveutil import face_frames, write_jpeg
-from mediautil import read_frames
+from mediautil import read_frames, xmp_description
 
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, OutputError
 from stream.frames import Frame
@@ -197,6 +197,8 @@ async def test_live_run_on_a_real_time_file_records_swapped_frames(tmp_path: Pat
     assert len(images) == report["frames_out"] == report["output"]["frames"]
     with av.open(str(tmp_path / "rec.mp4")) as c:
         assert c.metadata.get("synthetic") == "true" and c.metadata.get("facestream_mode") == "live/weight-free"
+    xmp = xmp_description(tmp_path / "rec.mp4")  # the same XMP marks as a swap's MP4
+    assert xmp["{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}DigitalSourceType"].endswith("/compositeSynthetic")
     assert all(b > a for a, b in itertools.pairwise(pts))
     # Face pixels changed, the textured background did not.
     from stream.tracking import detect_faces

@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 from clips import VFR_TICKS, decoded_frames, make_clip, psnr, stream_packets
+from mediautil import top_level_boxes, xmp_description
 
 from stream import __version__
 from stream.exceptions import EndOfStream, OutputError
@@ -339,6 +340,35 @@ async def test_rotation_metadata_and_synthetic_tags(tmp_path: Path, name: str) -
     if name != "a.mov":  # FFmpeg's MOV muxer drops ISO 639 languages (Macintosh codes only)
         with av.open(str(out)) as container:
             assert container.streams.video[0].metadata.get("language") == "deu"
+
+
+_IPTC = "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}"
+_XMP = "{http://ns.adobe.com/xap/1.0/}"
+_DC = "{http://purl.org/dc/elements/1.1/}"
+
+
+@pytest.mark.parametrize(("name", "learned"), [("a.mp4", False), ("a.mov", True), ("a.m4v", False)])
+async def test_mp4_and_mov_carry_the_marks_as_xmp_too(tmp_path: Path, name: str, learned: bool) -> None:
+    clip = make_clip(tmp_path / name, frames=6, audio="aac")
+    out = tmp_path / f"out{clip.path.suffix}"
+    await _run(clip.path, out, metadata={"facestream_mode": "swap"}, learned=learned)
+    kinds = [kind for kind, _ in top_level_boxes(out)]
+    assert kinds[-1] == b"uuid" and b"moov" in kinds and b"mdat" in kinds
+    xmp = xmp_description(out)
+    kind = "compositeWithTrainedAlgorithmicMedia" if learned else "compositeSynthetic"
+    assert xmp[f"{_IPTC}DigitalSourceType"] == f"http://cv.iptc.org/newscodes/digitalsourcetype/{kind}"
+    assert xmp[f"{_XMP}CreatorTool"] == f"facestream {__version__}"
+    assert xmp[f"{_DC}description"] == _tags(out)["comment"]
+    # Appended after everything else: every frame and audio packet is where the index says.
+    assert len(decoded_frames(out)) == 6
+    assert stream_packets(out, "audio") == stream_packets(clip.path, "audio")
+
+
+async def test_matroska_carries_the_marks_in_its_tags_only(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mkv", frames=3)
+    out = tmp_path / "out.mkv"
+    await _run(clip.path, out)
+    assert _tags(out)["synthetic"] == "true" and b"xmpmeta" not in out.read_bytes()
 
 
 async def test_an_input_comment_is_not_replaced(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from stream.demo import sample_faces
-from tests.mediautil import packet_summary, psnr, read_frames, write_face_clip
+from tests.mediautil import packet_summary, psnr, read_frames, write_face_clip, xmp_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,9 @@ def test_output_is_tagged_synthetic(swapped):
         tags = {k.lower(): v for k, v in c.metadata.items()}
     assert tags.get("synthetic") == "true"
     assert "facestream" in tags.get("comment", "").lower() or "facestream" in tags
+    xmp = xmp_description(swapped["out"])
+    assert xmp["{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}DigitalSourceType"].endswith("/compositeSynthetic")
+    assert xmp["{http://purl.org/dc/elements/1.1/}description"] == tags["comment"]
 
 
 def test_frames_without_a_face_are_unchanged_beyond_encoding(media, swapped):

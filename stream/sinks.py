@@ -14,9 +14,10 @@ A :class:`VideoFileSink` writes what a :class:`~stream.sources.VideoFileSource` 
   with the input's colour matrix and range, the inverse of what the source did.
 - **Copied streams.** Audio, subtitles and extra video streams are remuxed packet for packet from the
   source's :class:`~stream.sources.PacketChannel` (no re-encode; ``pts``/``dts``/``duration`` kept).
-  Fonts attached to a Matroska input are kept in a Matroska output. Data streams (timecode, GPS...)
-  are not copied (a warning says so). A copied stream that the output container cannot hold (e.g.
-  ``mov_text`` subtitles into Matroska, AAC into WebM) is refused with an
+  Fonts attached to a Matroska input are kept in a Matroska output. A QuickTime timecode track keeps
+  its start timecode (the video stream's ``timecode`` tag, from which MP4/MOV write the track anew);
+  other data streams (GPS...) are not copied (a warning says so). A copied stream that the output
+  container cannot hold (e.g. ``mov_text`` subtitles into Matroska, AAC into WebM) is refused with an
   :class:`~stream.exceptions.OutputError` when the sink is created, naming the stream and the
   containers that can take it; nothing is converted silently. (The MP4 muxer fills the gaps
   between ``mov_text`` cues with empty samples of its own; the cues themselves are unchanged.)
@@ -484,6 +485,12 @@ class VideoFileSink:
                     # MP4/MOV keep chapters in a text track that FFmpeg shows as data: they are written
                     # anew (set_chapters), in whatever form the output container keeps them.
                     logger.info("%s: %s holds the chapters, which are copied", self.path, _describe(src))
+                elif timecode := src.metadata.get("timecode"):
+                    # A QuickTime timecode track: its start time is the video stream's "timecode" tag, from
+                    # which the MP4/MOV muxer writes the track anew (Matroska keeps the tag).
+                    self._video.metadata.setdefault("timecode", timecode)
+                    logger.info("%s: %s holds the start timecode %s, which is kept", self.path, _describe(src),
+                                timecode)
                 else:
                     logger.warning("%s: not copying %s (data streams are not kept)", self.path, _describe(src))
                 continue

@@ -323,6 +323,24 @@ async def test_chapters_survive(tmp_path: Path, src: str, dst: str, caplog: pyte
     assert "not copying" not in caplog.text  # MP4's chapter track is not "a data stream left behind"
 
 
+@pytest.mark.parametrize("dst", ["out.mov", "out.mp4", "out.mkv"])
+async def test_a_timecode_track_keeps_its_start_timecode(tmp_path: Path, dst: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    clip = make_clip(tmp_path / "a.mov", frames=5, video_metadata={"timecode": "01:02:03:04"})
+    with av.open(str(clip.path)) as c:  # the input: a QuickTime timecode track beside the video
+        assert [(s.type, s.metadata.get("timecode")) for s in c.streams] == [
+            ("video", "01:02:03:04"), ("data", "01:02:03:04")]
+    out = tmp_path / dst
+    with caplog.at_level(logging.INFO, logger="stream.sinks"):
+        await _run(clip.path, out)
+    assert "not copying" not in caplog.text and "start timecode 01:02:03:04, which is kept" in caplog.text
+    with av.open(str(out)) as c:
+        tags = {k.lower(): v for k, v in c.streams.video[0].metadata.items()}  # Matroska's are upper case
+        assert tags.get("timecode") == "01:02:03:04"
+        tracks = [s.metadata.get("timecode") for s in c.streams if s.type == "data"]
+    assert tracks == ([] if dst == "out.mkv" else ["01:02:03:04"])  # MP4/MOV: a timecode track again
+
+
 @pytest.mark.parametrize("name", ["a.mp4", "a.mov", "a.mkv"])
 async def test_rotation_metadata_and_synthetic_tags(tmp_path: Path, name: str) -> None:
     clip = make_clip(tmp_path / name, frames=6, rotation=90, audio="aac",

@@ -363,6 +363,16 @@ def _stream_infos(container: InputContainer) -> tuple[StreamInfo, ...]:
     return tuple(out)
 
 
+def _is_animated_webp(path: Path) -> bool:
+    """Whether ``path`` is a WebP file whose extended header (``VP8X``) has its animation flag set."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+    except OSError:
+        return False
+    return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
 def _first_frame(container: InputContainer, video: VideoStream, path: Path, *, cut: bool) -> av.VideoFrame:
     # A cut MP4's sample that runs past the end is not decoded (a fragmented MP4 cut in its first fragment:
     # its whole frames are still in the decoder when that sample comes).
@@ -375,6 +385,10 @@ def _first_frame(container: InputContainer, video: VideoStream, path: Path, *, c
             if n >= _PROBE_MAX_PACKETS or not whole:
                 break
     except av.FFmpegError as exc:
+        if _is_animated_webp(path):
+            raise UnsupportedMediaError(
+                f"{path}: animated WebP cannot be decoded (FFmpeg reads still WebP images only); "
+                "convert it to GIF or MP4 first") from exc
         raise UnsupportedMediaError(
             f"{path}: cannot decode the {video.codec_context.name} video stream ({exc.strerror})") from exc
     if cut:

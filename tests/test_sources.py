@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from clips import VFR_TICKS, decoded_frames, make_clip, stream_packets
+from clips import VFR_TICKS, decoded_frames, make_clip, stream_packets, textured_frame
 
 from stream.exceptions import (
     EndOfStream,
@@ -283,6 +283,22 @@ def test_video_codec_without_decoder_is_named(tmp_path: Path) -> None:
     evc.write_bytes(data.replace(b"avc1", b"evc1"))
     with pytest.raises(UnsupportedMediaError, match=r"'evc.*no decoder"):
         VideoFileSource(evc)
+
+
+def test_animated_webp_is_named_as_such(tmp_path: Path) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(textured_frame(i)) for i in range(3)]
+    animated, still = tmp_path / "anim.webp", tmp_path / "still.webp"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    frames[0].save(still)
+    with pytest.raises(UnsupportedMediaError, match=r"anim\.webp: animated WebP cannot be decoded .* GIF or MP4"):
+        VideoFileSource(animated)
+    source = VideoFileSource(still)  # a still WebP is a photo like any other
+    try:
+        assert (source.info.width, source.info.height) == frames[0].size
+    finally:
+        source.stop()
 
 
 def test_matroska_with_unknown_codec_id(tmp_path: Path) -> None:

@@ -114,9 +114,7 @@ class MemoryWatch:
         # The kernel's mark counts every page that was ever resident; if this run raised it, the run's
         # peak is that mark. If not, the samples are all that is known of this run.
         exact = mark is not None and self._mark is not None and mark > self._mark
-        peak = mark if exact else sampled
-        if exact and sampled is not None:
-            peak = max(peak, sampled)  # type: ignore[type-var]
+        peak = max([mark, *known]) if exact and mark is not None else sampled
         half = self._frames // 2
         tail = [p for p in self._samples if p[0] > half]
         long_enough = self._frames - half >= self.min_growth_frames and len(tail) >= 4

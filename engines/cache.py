@@ -47,9 +47,12 @@ def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 
 
 def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """Create an empty hidden file next to ``path`` (ending in ``suffix``) to write and then ``os.replace``
-    onto it, with the permissions of any new file (``0666`` less the umask), not mkstemp's ``0600``.
-    (``stream.sinks.temp_beside`` does the same for media outputs; ``engines`` does not import ``stream``.)"""
+    """Create an empty hidden file next to ``path`` (ending in ``suffix``) to write in full and then
+    ``os.replace`` onto ``path``.
+
+    The file gets the permissions any new file of the user gets (``0666`` less the umask), which
+    :func:`tempfile.mkstemp`'s private ``0600`` would hand on to the output: a video, report or engine
+    nobody else on the machine, nor a web server, could read. (Media outputs and reports use it too.)"""
     for _ in range(100):
         tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{suffix}"
         try:

@@ -45,7 +45,6 @@ import contextlib
 import io
 import logging
 import os
-import secrets
 import struct
 import threading
 import time
@@ -62,6 +61,7 @@ from av.container import OutputContainer
 from av.stream import Stream
 from av.video.stream import VideoStream
 
+from engines.cache import temp_beside
 from stream import __version__
 from stream.exceptions import EndOfStream, FacestreamError, OutputError
 from stream.frames import Frame
@@ -256,28 +256,10 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def temp_beside(path: Path, suffix: str = ".facestream-tmp") -> Path:
-    """Create an empty hidden file next to ``path`` (ending in ``suffix``) to write in full and then
-    ``os.replace`` onto ``path``.
-
-    The file gets the permissions any new file of the user gets (``0666`` less the umask), which
-    :func:`tempfile.mkstemp`'s private ``0600`` would hand on to the output: a video nobody else on the
-    machine, nor a web server, could read.
-    """
-    for _ in range(100):
-        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{suffix}"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(f"no free temporary name next to {path}")
-
-
 def write_whole(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a :func:`temp_beside` file renamed over it: a reader never sees
     half a file, and a failed write leaves the previous one as it was."""
-    tmp = temp_beside(path)
+    tmp = temp_beside(path, ".facestream-tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)

@@ -15,7 +15,7 @@ from typing import Any
 
 from stream import __version__
 from stream.frames import Frame, TrackedFace
-from stream.memory import release_free_memory, reset_peak_rss
+from stream.memory import start_afresh
 from stream.swap import SwapOptions, encode_settings, swap_video
 
 
@@ -43,12 +43,10 @@ async def _best_runs(input: Path, source: Path, repeat: int, variants: dict[str,
         for i in range(repeat):
             opts = SwapOptions(source=source, input=input, output=Path(tmp) / f"swap{i}.mp4", progress=False,
                                **swap_kwargs)
-            release_free_memory()
-            reset_peak_rss()
+            start_afresh()
             runs["transcode floor"].append(await transcode_floor(input, Path(tmp) / f"floor{i}.mp4", opts))
             for name, hooks in variants.items():
-                release_free_memory()
-                reset_peak_rss()
+                start_afresh()
                 runs[name].append(await swap_video(opts, **hooks))
     return {name: max(rs, key=lambda r: r["fps"]) for name, rs in runs.items()}
 

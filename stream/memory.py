@@ -50,9 +50,10 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def release_free_memory() -> None:
-    """Collect garbage and hand the allocator's free pages back to the system (glibc's ``malloc_trim``),
-    so that what a run finds resident is what is still in use, not what an earlier run freed."""
+def start_afresh() -> bool:
+    """Before a measured run: collect garbage, hand the allocator's free pages back to the system (glibc's
+    ``malloc_trim``), so that what the run finds resident is what is still in use, not what an earlier run
+    freed, and lower the peak mark (:func:`reset_peak_rss`, whose result this returns)."""
     import gc
 
     gc.collect()
@@ -62,6 +63,7 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+    return reset_peak_rss()
 
 
 def _slope(points: list[tuple[int, int]]) -> float:

@@ -41,7 +41,7 @@ from stream.stages.color import (
     to_uint8,
     warm_up_lab,
 )
-from stream.stages.temporal import TrackMemo
+from stream.stages.temporal import AffineMemo, TrackMemo, carry_matrix
 
 
 @functools.lru_cache(maxsize=64)
@@ -150,6 +150,11 @@ def _clip_channels(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
     return out.reshape(image.shape)
 
 
+def _edge(fixed: np.ndarray) -> np.ndarray:
+    """The fixed pixels next to a free one (8-neighbourhood): the values a harmonic fill must meet."""
+    return fixed & (cv2.dilate((~fixed).view(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+
+
 def poisson_correction(diff: np.ndarray, fixed: np.ndarray, *, scale: float = 1.0,
                        robust: float = 0.1) -> np.ndarray:
     """The smooth correction of seamless cloning: harmonic where ``fixed`` is False and equal to
@@ -168,7 +173,7 @@ def poisson_correction(diff: np.ndarray, fixed: np.ndarray, *, scale: float = 1.
         diff = diff.reshape(*diff.shape[:2], -1)
         fixed = fw > 0
     if robust > 0:
-        ring = fixed & (cv2.dilate((~fixed).view(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+        ring = _edge(fixed)
         if ring.any():
             lo, hi = _quantiles(diff[ring], (robust, 1 - robust))
             diff = _clip_channels(diff, lo, hi)
@@ -244,33 +249,57 @@ class MeshBlender:
             and reused in between (1: every frame), unless the target's window changed its mean
             colour by more than ``color_tolerance`` grey levels (a cut, a light switched on). The
             transfer itself is applied to every frame.
-        color_tolerance: see ``color_reuse``.
+        color_tolerance: see ``color_reuse`` and ``correction_reuse``.
+        correction_reuse: a track's Poisson correction is carried to the next frames, up to this many
+            (1: solved every frame), through the affine motion of its landmarks
+            (:class:`~stream.stages.temporal.AffineMemo`: one ``cv2.warpAffine`` for a solve). Target
+            and warped source move with the face, so while it moves affinely their difference along
+            the paste region's edge — what the correction is made of — moves with it too. The carried
+            correction is checked against that difference in this frame, and the frame is solved
+            afresh when they differ by more than ``seam_tolerance`` or the target's window changed its
+            mean colour by more than ``color_tolerance``.
+        reuse_tolerance: largest landmark residual (pixels) of that affine motion.
+        seam_tolerance: mean difference (grey levels) allowed along the paste region's edge between a
+            carried correction and what it must meet there (the target less the recoloured source,
+            clipped as the solver clips it). Texture moving by a fraction of a pixel keeps it at 4 to 6
+            on faces; a face whose edge crossed hair or background that moved otherwise (the first
+            frames of a track) reaches 10 to 18.
         name: the stage's name in timings.
     """
 
     kind: ClassVar[StageKind] = "blend"
 
     def __init__(self, *, mode: BlendMode = "poisson", color: ColorTransfer = "lab", poisson_size: int = 96,
-                 color_reuse: int = 4, color_tolerance: float = 3.0, name: str | None = None) -> None:
+                 color_reuse: int = 4, color_tolerance: float = 3.0, correction_reuse: int = 6,
+                 reuse_tolerance: float = 0.3, seam_tolerance: float = 6.0, name: str | None = None) -> None:
         if mode not in BLEND_MODES:
             raise InputError(f"unknown blend mode {mode!r}; choose from: {', '.join(BLEND_MODES)}")
         if color not in COLOR_TRANSFERS:
             raise InputError(f"unknown colour transfer {color!r}; choose from: {', '.join(COLOR_TRANSFERS)}")
         if color_reuse < 1 or color_tolerance < 0:
             raise InputError(f"color_reuse must be >= 1 and color_tolerance >= 0, got {color_reuse}, {color_tolerance}")
+        if correction_reuse < 1 or seam_tolerance < 0:
+            raise InputError(f"correction_reuse must be >= 1 and seam_tolerance >= 0, got {correction_reuse}, "
+                             f"{seam_tolerance}")
         self.mode: BlendMode = mode
         self.color: ColorTransfer = color
         self.poisson_size = poisson_size
         self.color_tolerance = color_tolerance
+        self.seam_tolerance = seam_tolerance
         self.name = name or f"blend_{mode}"
         # Per (track, source face): the LAB lookup table and the target window's mean colour.
         self._colour: TrackMemo[tuple[np.ndarray, np.ndarray]] = TrackMemo(color_reuse)
+        # Per (track, source face): a recent frame's Poisson correction, where its window's top-left
+        # corner was in that frame, and the window's mean colour.
+        self.corrections: AffineMemo[tuple[np.ndarray, tuple[int, int], np.ndarray]] = AffineMemo(
+            correction_reuse, tolerance=reuse_tolerance)
         if color == "lab":
             warm_up_lab()  # at set-up, not on the first frame with a face
 
     def set_source(self, bank: SourceBank) -> None:
-        """Forget the colour statistics (they depend on the source)."""
+        """Forget the colour statistics and corrections (they depend on the source)."""
         self._colour.clear()
+        self.corrections.clear()
 
     def poisson_factor(self, size: float) -> int:
         """How many times smaller than the crop the Poisson correction of a face of ``size`` pixels is
@@ -309,8 +338,11 @@ class MeshBlender:
         bg8 = image[win]
         cov = None if work.coverage is None else work.coverage[win]
         fg8 = to_uint8(fg_full[win])
+        # The target window's mean colour: a change beyond color_tolerance (a cut, a light switched on)
+        # ends the reuse of colour statistics and of the Poisson correction.
+        fingerprint = np.array(cv2.mean(bg8)[:3], np.float32)
         if self.color != "none":
-            fg8 = self._recolour(work, fg8, m, cov, bg8)
+            fg8 = self._recolour(work, fg8, m, cov, bg8, fingerprint)
         # Beyond the warped/filled face the source has nothing: the target shows there, so blurred
         # bands and the solver see a continuous image. Inside the paste region ``valid`` is 1.
         valid = (face > 0).astype(np.float32)
@@ -323,7 +355,16 @@ class MeshBlender:
             weight = valid * fixed
             diff = cv2.subtract(bg8, fg8, dtype=cv2.CV_32F)
             cv2.multiply(diff, cv2.merge((weight, weight, weight)), dst=diff)
-            corr = poisson_correction(diff, fixed, scale=1.0 / self.poisson_factor(size))
+            # Frame pixels (where carrying is defined) only for a crop that is a region of the frame.
+            corner = (work.crop.origin[0] + x0, work.crop.origin[1] + y0) if work.crop.is_region else None
+            corr = None if corner is None else self.corrections.carry(
+                self._key(work), work.frame_index, work.target.landmarks,
+                lambda stored, motion: self._carry(stored, motion, corner, diff, fixed, fingerprint, size))
+            if corr is None:
+                corr = poisson_correction(diff, fixed, scale=1.0 / self.poisson_factor(size))
+                if corner is not None:
+                    self.corrections.put(self._key(work), work.frame_index, work.target.landmarks,
+                                         (corr, corner, fingerprint))
             out8 = cv2.add(corr, fg8, dtype=cv2.CV_8U)
             cv2.copyTo(out8, region.view(np.uint8), output[win])
             alpha[win] = m
@@ -340,16 +381,49 @@ class MeshBlender:
         alpha[win] = a
         return output, alpha
 
+    @staticmethod
+    def _key(work: FaceWork) -> tuple[int, int]:
+        return work.target.track_id, id(work.source)
+
+    def _carry(self, stored: tuple[np.ndarray, tuple[int, int], np.ndarray], motion: np.ndarray,
+               corner: tuple[int, int], diff: np.ndarray, fixed: np.ndarray, fingerprint: np.ndarray,
+               size: float) -> np.ndarray | None:
+        """A stored correction moved by ``motion`` into this frame's window (top-left ``corner`` in the
+        frame, shaped like ``diff``), or None when it would not meet this frame's edge values: the
+        window's colour changed, or the mean difference from ``diff`` (the edge values, clipped as
+        :func:`poisson_correction` clips them) along the paste region's edge exceeds ``seam_tolerance``."""
+        old, old_corner, old_fingerprint = stored
+        if np.abs(old_fingerprint - fingerprint).max() > self.color_tolerance:
+            return None
+        h, w = fixed.shape
+        # The correction is smooth: past the old window's edge, its edge values are the best guess.
+        corr = cv2.warpAffine(old, carry_matrix(motion, old_corner, corner), (w, h),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE).reshape(diff.shape)
+        edge = _edge(fixed)
+        if not edge.any():
+            return None
+        values = diff[edge]
+        lo, hi = _quantiles(values, (0.1, 0.9))
+        miss = np.zeros_like(corr)
+        miss[edge] = np.clip(values, lo, hi) - corr[edge]
+        # What shows is a seam's low frequencies (its texture is the source's either way): the miss
+        # averaged along the edge over stretches of about an eighth of the face.
+        k = max(3, int(size / 8) | 1)
+        local = cv2.boxFilter(miss, -1, (k, k), normalize=False)
+        count = cv2.boxFilter(edge.view(np.uint8), cv2.CV_32F, (k, k), normalize=False)
+        seam = float(np.abs(local[edge]).mean(axis=1).dot(1.0 / count[edge]) / len(values))
+        return corr if seam <= self.seam_tolerance else None
+
     def _recolour(self, work: FaceWork, fg8: np.ndarray, m: np.ndarray, cov: np.ndarray | None,
-                  bg8: np.ndarray) -> np.ndarray:
+                  bg8: np.ndarray, fingerprint: np.ndarray) -> np.ndarray:
         """Reinhard transfer of the face window ``fg8`` towards the target ``bg8`` (uint8 RGB)."""
         inner = m > 0.5
         covered = inner if cov is None else inner & (cov > 0.5)
         if self.color != "lab":
             return to_uint8(correct_colors(self.color, fg8, covered, bg8, inner))
         lab = cv2.cvtColor(fg8, cv2.COLOR_RGB2LAB)
-        key = (work.target.track_id, id(work.source))
-        fingerprint = np.array(cv2.mean(bg8)[:3], np.float32)
+        key = self._key(work)
         cached = self._colour.get(key, work.frame_index)
         if cached is not None and np.abs(cached[1] - fingerprint).max() <= self.color_tolerance:
             return apply_lab_lut(lab, cached[0])
@@ -368,3 +442,4 @@ class MeshBlender:
     def close(self) -> None:
         """Forget the per-track state. Safe to call twice."""
         self._colour.clear()
+        self.corrections.clear()

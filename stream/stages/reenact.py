@@ -217,12 +217,10 @@ class MeshWarpReenactor:
         if not work.crop.is_region:
             return self.build_map(work)
         key = (work.target.track_id, id(work.source))
-        hit = self.maps.get(key, work.frame_index, work.target.landmarks)
-        if hit is not None:
-            (origin, old), motion = hit
-            carried = self._carry(old, origin, motion, work)
-            if carried is not None:
-                return carried
+        carried = self.maps.carry(key, work.frame_index, work.target.landmarks,
+                                  lambda stored, motion: self._carry(stored[1], stored[0], motion, work))
+        if carried is not None:
+            return carried
         wm = self.build_map(work)
         if wm is not None:
             self.maps.put(key, work.frame_index, work.target.landmarks, (work.crop.origin, wm))

@@ -15,7 +15,7 @@ within bounds whatever the order; the order only decides how often it happens.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import cv2
@@ -24,6 +24,7 @@ import numpy as np
 from stream.exceptions import InputError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TrackMemo(Generic[T]):
@@ -151,18 +152,31 @@ class AffineMemo(Generic[T]):
 
         ``landmarks``: (N, 2+) frame pixels of this frame's face, in the same layout as stored.
         """
+        hit = self._find(key, frame_index, landmarks)
+        self.counters["computed" if hit is None else "reused"] += 1
+        return hit
+
+    def carry(self, key: Hashable, frame_index: int, landmarks: np.ndarray,
+              move: Callable[[T, np.ndarray], R | None]) -> R | None:
+        """``move(value, M)`` for what :meth:`get` would return, or None when there is nothing to carry or
+        ``move`` declines it (returns None): the caller then computes afresh, and :attr:`counters` count
+        the frame as computed."""
+        hit = self._find(key, frame_index, landmarks)
+        moved = None if hit is None else move(*hit)
+        self.counters["computed" if moved is None else "reused"] += 1
+        return moved
+
+    def _find(self, key: Hashable, frame_index: int, landmarks: np.ndarray) -> tuple[T, np.ndarray] | None:
         entry = self._memo.get(key, frame_index) if self.enabled else None
-        if entry is not None:
-            ref, value = entry
-            m, residual = fit_affine(ref, np.asarray(landmarks, np.float64)[:, :2])
-            k = int(0.99 * (len(residual) - 1))
-            scale = float(np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
-            if (float(np.partition(residual, k)[k]) <= self.tolerance
-                    and abs(scale - 1.0) <= self.max_scale_change):
-                self.counters["reused"] += 1
-                return value, m
-        self.counters["computed"] += 1
-        return None
+        if entry is None:
+            return None
+        ref, value = entry
+        m, residual = fit_affine(ref, np.asarray(landmarks, np.float64)[:, :2])
+        k = int(0.99 * (len(residual) - 1))
+        scale = float(np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
+        if float(np.partition(residual, k)[k]) > self.tolerance or abs(scale - 1.0) > self.max_scale_change:
+            return None
+        return value, m
 
     def put(self, key: Hashable, frame_index: int, landmarks: np.ndarray, value: T) -> None:
         """Store ``value`` computed for a frame whose face has ``landmarks`` (frame pixels)."""

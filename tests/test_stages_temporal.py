@@ -319,7 +319,6 @@ def _blended(blender: MeshBlender, frames: list[tuple[np.ndarray, np.ndarray]]) 
     works = []
     for i, (image, lm) in enumerate(frames):
         work = work_for(image, lm, bank.faces[0])
-        work.target = tracked(lm, track_id=5)
         work.frame_index = i
         for stage in stages:
             stage.process([work])

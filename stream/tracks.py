@@ -18,7 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -128,6 +128,44 @@ class FrameProcessor(Protocol):
     def close(self) -> None:
         """Release models and buffers. Safe to call twice."""
         ...
+
+
+class SequentialSteps:
+    """Several per-frame steps run one after the other on the calling thread, as one
+    :class:`FrameProcessor`: each is timed in ``frame.timings`` under its name, and an exception from
+    one ends the frame as a :class:`~stream.exceptions.StageError` naming that step.
+
+    What :func:`stream.swap.swap_video` runs instead of one :class:`ProcessorTrack` per step where cores
+    are few: a Python step on a thread of its own gains no core there, only GIL hand-overs with the other.
+    """
+
+    def __init__(self, steps: Sequence[tuple[str, FrameProcessor]]) -> None:
+        if not steps:
+            raise ValueError("SequentialSteps needs at least one step")
+        self.steps = tuple(steps)
+
+    def __call__(self, frame: Frame) -> Frame:
+        for name, step in self.steps:
+            t0 = time.perf_counter()
+            try:
+                frame = step(frame)
+            except FacestreamError:
+                raise
+            except Exception as exc:
+                raise StageError(name, frame.index, exc) from exc
+            frame.timings[name] = time.perf_counter() - t0
+        return frame
+
+    def close(self) -> None:
+        """Close every step, in order, all of them even when one fails; the first failure is re-raised."""
+        error: BaseException | None = None
+        for _, step in self.steps:
+            try:
+                step.close()
+            except Exception as exc:  # the others still release theirs
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class ProcessorTrack(WorkerTrack):

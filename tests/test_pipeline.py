@@ -9,7 +9,7 @@ import pytest
 from stream.exceptions import EndOfStream, StageError
 from stream.frames import Frame
 from stream.pipeline import run_pipeline
-from stream.tracks import ProcessorTrack
+from stream.tracks import ProcessorTrack, SequentialSteps
 from tests.trackutil import ListSource, numbered_frames
 
 
@@ -148,3 +148,50 @@ async def test_stopping_waits_for_the_frame_in_progress_before_closing_resources
     with pytest.raises(asyncio.CancelledError):
         await pipeline
     assert events == ["frame done", "closed", "pipeline stop"]
+
+
+class Step:
+    """A named step that records which frames it saw and in what order, and can fail on one frame."""
+
+    def __init__(self, name: str, log: list[tuple[str, int]], fail_at: int | None = None) -> None:
+        self.name, self.log, self.fail_at, self.closed = name, log, fail_at, 0
+
+    def __call__(self, frame: Frame) -> Frame:
+        if frame.index == self.fail_at:
+            raise ValueError(f"{self.name} broke")
+        self.log.append((self.name, frame.index))
+        time.sleep(0.001)
+        return frame
+
+    def close(self) -> None:
+        self.closed += 1
+        if self.fail_at is not None:
+            raise RuntimeError(f"{self.name} could not close")
+
+
+async def test_sequential_steps_run_each_frame_through_every_step_in_order_and_time_each():
+    log: list[tuple[str, int]] = []
+    steps = [Step("track", log), Step("swap", log)]
+    sink = MemorySink()
+    await run_pipeline(ProcessorTrack(ListSource(numbered_frames(6)), SequentialSteps(
+        [(s.name, s) for s in steps]), name="swap"), sink)
+    assert log == [(name, i) for i in range(6) for name in ("track", "swap")]
+    assert [f.index for f in sink.frames] == list(range(6))
+    for frame in sink.frames:
+        assert 0.001 <= frame.timings["track"] < 1 and 0.001 <= frame.timings["swap"] < 1
+
+
+async def test_sequential_steps_name_the_failing_step_and_close_every_step():
+    log: list[tuple[str, int]] = []
+    steps = [Step("track", log), Step("swap", log, fail_at=3)]
+    seq = SequentialSteps([(s.name, s) for s in steps])
+    sink = MemorySink()
+    with pytest.raises(StageError, match=r"'swap' failed at frame 3: ValueError: swap broke"):
+        await run_pipeline(ProcessorTrack(ListSource(numbered_frames(9)), seq, name="both"), sink)
+    assert sink.aborted == 1 and ("track", 3) in log and ("swap", 3) not in log
+    steps[0].fail_at = 99  # its close fails now: the next step is still closed, and the failure re-raised
+    with pytest.raises(RuntimeError, match="track could not close"):
+        seq.close()
+    assert [s.closed for s in steps] == [1, 1]
+    with pytest.raises(ValueError, match="at least one step"):
+        SequentialSteps([])

@@ -332,9 +332,9 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     apart = options.split_steps if options.split_steps is not None else (os.cpu_count() or 1) > 2
     apart = apart or not stages or split is not None or workers > 1
     if not apart:  # one thread: each frame tracked, then through the chain; each step timed under its name
-        swapped = ProcessorTrack(source, SequentialSteps([("track", step), ("swap", chain)]), name="swap")
+        swapped = ProcessorTrack(source, SequentialSteps([("track", step), ("swap", chain)]), name="swap", ahead=1)
     else:
-        tracked = ProcessorTrack(source, step, name="track")  # the track times each call under its name
+        tracked = ProcessorTrack(source, step, name="track", ahead=1)  # timed under its name
         if split is not None:
             from stream.pipelined import PipelinedTrack
 
@@ -343,7 +343,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
         elif not stages:
             swapped = tracked
         else:
-            swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers)
+            swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers, ahead=1)
     progress = Progress(info.frames, options.progress)
 
     def per_frame(frame: Frame) -> None:

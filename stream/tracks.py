@@ -173,9 +173,12 @@ class ProcessorTrack(WorkerTrack):
 
     ``fn`` runs on a single thread by default, so stateful steps (tracking) see frames in order. With
     ``workers=N`` a stateless ``fn`` runs on up to N frames at once; results still leave in input order
-    (an ordered parallel map: at most N frames in flight, the oldest awaited first). An exception from
-    ``fn`` ends the stream: the next ``recv`` raises :class:`StageError` naming ``name`` and the frame,
-    and the upstream is stopped.
+    (an ordered parallel map: at most N frames in flight, the oldest awaited first). ``ahead=K`` hands
+    the workers K more frames, queued in the executor (still run in order, first come first served), so
+    that a worker starts on the next frame as soon as it is done instead of after a round trip through
+    the event loop (0.5-1 ms a frame measured under load); for files, not live tracks, whose newest
+    frame must be free to replace the ones waiting. An exception from ``fn`` ends the stream: the next
+    ``recv`` raises :class:`StageError` naming ``name`` and the frame, and the upstream is stopped.
     """
 
     def __init__(
@@ -189,11 +192,15 @@ class ProcessorTrack(WorkerTrack):
         executor: Executor | None = None,
         on_close: Callable[[], None] | None = None,
         workers: int = 1,
+        ahead: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if ahead < 0:
+            raise ValueError(f"ahead must be >= 0, got {ahead}")
         super().__init__(upstream, name=name, queue_size=queue_size, policy=policy)
         self.workers = workers
+        self.ahead = ahead
         self._fn = fn
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(workers, thread_name_prefix=f"facestream-{name}")
@@ -222,7 +229,7 @@ class ProcessorTrack(WorkerTrack):
         upstream_done = False
         try:
             while True:
-                while not upstream_done and len(pending) < self.workers:
+                while not upstream_done and len(pending) < self.workers + self.ahead:
                     try:
                         frame = await self.upstream.recv()
                     except EndOfStream:

@@ -127,7 +127,8 @@ async def test_keep_latest_processor_drops_under_slow_consumer():
     assert track.dropped > 0 and len(got) + track.dropped == 30
 
 
-async def test_stopping_waits_for_the_frame_in_progress_before_closing_resources():
+@pytest.mark.parametrize("ahead", [0, 1])
+async def test_stopping_waits_for_the_frame_in_progress_before_closing_resources(ahead):
     # A run stopped mid-frame (Ctrl-C, a failing sink) must not close a model under a running call:
     # the tracker's MediaPipe graph complained, or worse, when it did.
     started, events = threading.Event(), []
@@ -141,7 +142,8 @@ async def test_stopping_waits_for_the_frame_in_progress_before_closing_resources
     def release() -> None:
         events.append("closed")
 
-    track = ProcessorTrack(ListSource(numbered_frames(5)), slow, name="slow", on_close=release)
+    # With `ahead` the next frame waits in the executor: it is dropped, never run after the close.
+    track = ProcessorTrack(ListSource(numbered_frames(5)), slow, name="slow", on_close=release, ahead=ahead)
     pipeline = asyncio.create_task(run_pipeline(track, MemorySink(), stop=lambda: events.append("pipeline stop")))
     await asyncio.get_running_loop().run_in_executor(None, started.wait)
     pipeline.cancel()
@@ -195,3 +197,23 @@ async def test_sequential_steps_name_the_failing_step_and_close_every_step():
     assert [s.closed for s in steps] == [1, 1]
     with pytest.raises(ValueError, match="at least one step"):
         SequentialSteps([])
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+async def test_ahead_queues_frames_for_the_worker_and_keeps_them_in_order(ahead):
+    """With ``ahead`` the next frames already wait in the executor while one is processed, so the
+    worker never waits for the event loop between frames; one worker still sees them in order."""
+    src = ListSource(numbered_frames(12))
+    seen: list[tuple[int, int]] = []
+
+    def stateful(frame: Frame) -> Frame:
+        time.sleep(0.05 if frame.index == 0 else 0.001)
+        seen.append((frame.index, len(src.frames)))  # how many frames the source still holds
+        return frame
+
+    sink = MemorySink()
+    await run_pipeline(ProcessorTrack(src, stateful, name="s", ahead=ahead), sink)
+    assert [i for i, _ in seen] == list(range(12)) and [f.index for f in sink.frames] == list(range(12))
+    assert seen[0][1] == 12 - 1 - ahead  # frame 0 itself and `ahead` more taken from the source
+    with pytest.raises(ValueError, match="ahead must be >= 0"):
+        ProcessorTrack(src, stateful, name="s", ahead=-1)

@@ -16,7 +16,7 @@ from typing import Any
 from stream import __version__
 from stream.frames import Frame, TrackedFace
 from stream.memory import start_afresh
-from stream.swap import SwapOptions, encode_settings, swap_video
+from stream.swap import SwapOptions, encode_settings, swap_video, usable_cores
 
 
 async def transcode_floor(input: Path, output: Path, options: SwapOptions) -> dict[str, Any]:
@@ -53,7 +53,7 @@ async def _best_runs(input: Path, source: Path, repeat: int, variants: dict[str,
 
 def _header(input: Path, source: Path, repeat: int) -> dict[str, Any]:
     return {"facestream": __version__, "input": str(input), "source": str(source),
-            "machine": {"python": platform.python_version(), "cpus": _cpus(), "processor": platform.machine()},
+            "machine": {"python": platform.python_version(), "cpus": usable_cores(), "processor": platform.machine()},
             "repeat": repeat}
 
 
@@ -68,7 +68,7 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         **_header(input, source, repeat),
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
-                                       "cores_busy", "ms_per_frame", "setup_seconds", "memory")},
+                                       "cores_busy", "ms_per_frame", "setup_seconds", "memory", "split_steps")},
         **against_floor(swap["fps"], floor["fps"]),
     }
 
@@ -145,12 +145,6 @@ def run_bench_breakdown(input: Path, source: Path, *, repeat: int = 1, **kwargs:
     return result
 
 
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def format_swap_table(result: dict[str, Any]) -> str:
     """A plain-text table of per-step milliseconds per frame and the end-to-end figures."""
     floor, swap = result["transcode_floor"], result["swap"]
@@ -174,8 +168,9 @@ def format_swap_table(result: dict[str, Any]) -> str:
                  f"{result['machine']['cpus']} cores available. peak RSS: the process at its highest during the run; "
                  "added: how far the run raised it; growth: MiB per 1000 frames over the second half of a run "
                  "of 1000 frames or more (a leak keeps it above 0 however long the clip).")
-    lines.append("step times overlap (decode, track, swap, encode run concurrently on their own threads), "
-                 "so they do not add up to 1000/fps.")
+    together = "" if swap.get("split_steps", True) else " (track and swap one after the other on one of them)"
+    lines.append(f"step times overlap (decode, track, swap, encode run concurrently on threads of their own"
+                 f"{together}), so they do not add up to 1000/fps.")
     return "\n".join(lines)
 
 

@@ -91,6 +91,11 @@ class SwapOptions:
     """Extra container metadata for the output."""
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def check_paths(options: SwapOptions) -> None:
     """Fail early, before anything is opened for writing."""
     for label, path in (("SOURCE", options.source), ("INPUT", options.input)):
@@ -328,8 +333,9 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     swapped: FrameTrack
     piped = None
-    workers = options.workers or (1 if options.models else min(2, max(1, (os.cpu_count() or 1) // 2)))
-    apart = options.split_steps if options.split_steps is not None else (os.cpu_count() or 1) > 2
+    cores = usable_cores()
+    workers = options.workers or (1 if options.models else min(2, max(1, cores // 2)))
+    apart = options.split_steps if options.split_steps is not None else cores > 2
     apart = apart or not stages or split is not None or workers > 1
     if not apart:  # one thread: each frame tracked, then through the chain; each step timed under its name
         swapped = ProcessorTrack(source, SequentialSteps([("track", step), ("swap", chain)]), name="swap", ahead=1)

@@ -3,7 +3,8 @@
 The chain is built from :class:`~stream.tracks.FrameTrack` objects: a source (decode thread + bounded
 queue), then one :class:`~stream.tracks.ProcessorTrack` per step (tracking, the stage chain), each with
 its own worker task and executor, so decode, tracking, stages and encode of consecutive frames overlap
-while every frame leaves in input order. :func:`run_pipeline` pulls the last track into a
+while every frame leaves in input order. (On 2 cores a swap runs tracking and the stages one after the
+other in one track, :class:`~stream.tracks.SequentialSteps`: see ``SwapOptions.split_steps``.) :func:`run_pipeline` pulls the last track into a
 :class:`FrameSink`; if anything fails, the sink is aborted (no partial output) and every track stopped.
 """
 

@@ -3,9 +3,12 @@
 The chain is built from :class:`~stream.tracks.FrameTrack` objects: a source (decode thread + bounded
 queue), then one :class:`~stream.tracks.ProcessorTrack` per step (tracking, the stage chain), each with
 its own worker task and executor, so decode, tracking, stages and encode of consecutive frames overlap
-while every frame leaves in input order. (On 2 cores a swap runs tracking and the stages one after the
-other in one track, :class:`~stream.tracks.SequentialSteps`: see ``SwapOptions.split_steps``.) :func:`run_pipeline` pulls the last track into a
+while every frame leaves in input order. :func:`run_pipeline` pulls the last track into a
 :class:`FrameSink`; if anything fails, the sink is aborted (no partial output) and every track stopped.
+
+On 2 cores a swap runs tracking and the stages one after the other in one track
+(:class:`~stream.tracks.SequentialSteps`; ``SwapOptions.split_steps``), and :class:`YieldToEncoder`
+lowers the priority of the processing threads where the encoder sets the pace.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stream.exceptions import EndOfStream
 from stream.frames import Frame
 from stream.memory import MemoryWatch
-from stream.tracks import FrameTrack
+from stream.tracks import FrameTrack, ProcessorTrack
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,61 @@ class PipelineStats:
             "ms_per_frame": {k: round(1000 * v / max(self.frames, 1), 3) for k, v in sorted(steps.items())},
             "memory": dict(self.memory),
         }
+
+
+class YieldToEncoder:
+    """Lowers the scheduling priority of a run's processing threads once the encoder proves its bottleneck.
+
+    With few cores the encoder's threads (x264's) and the Python steps (tracking, stages) share them. Where
+    the encoder sets the pace, its input queue full frame after frame, each millisecond a step takes a core
+    from a runnable encoder thread delays the whole run, while the encoder itself leaves cores idle between
+    its frame threads' dependencies; a step at a lower priority (niceness 10) runs in those gaps instead.
+    Measured on 2 cores, alternate runs with and without, the threads lowered after frame 60-67 of 300:
+    swap fps +9 % on a panning clip (mean of 4 pairs, cores busy 1.67 -> 1.75), +3 % on a camera-like
+    one (3 pairs); lowered from the first frame, 0.74-0.76 -> 0.83-0.84 and 0.82 -> 0.91-0.93 of the
+    transcode floor. Where the steps set the pace, the queue mostly empty (the still demo clip), it never
+    acts: lowering them there cost 5-10 %.
+
+    Call it with every frame before the frame is written (:func:`run_pipeline`'s ``on_frame``). After
+    ``start`` frames of warm-up it watches the last ``window`` frames: ``fill()`` is the encoder queue's
+    fill (0 empty, 1 full, so the coming write waits), and the first time at least ``bound`` of them found
+    it full the threads are lowered. For good, because an unprivileged process cannot raise a thread's
+    priority back; hence a long window (1.5 s at 30 fps) of a queue full nearly throughout. An encoder that
+    buffers frames of its own (x264's lookahead: 10 frames at ``veryfast``, 60 at ``placebo``) fills its
+    queue only once its buffer is full.
+    """
+
+    def __init__(self, fill: Callable[[], float], tracks: Sequence[ProcessorTrack], *, start: int = 15,
+                 window: int = 45, bound: float = 0.9, nice: int = 10) -> None:
+        if window < 1 or not 0 < bound <= 1:
+            raise ValueError(f"window must be >= 1 and bound in (0, 1]; got {window}, {bound}")
+        self.fill = fill
+        self.tracks = tuple(tracks)
+        self.start, self.window, self.bound, self.nice = start, window, bound, nice
+        self.lowered_at: int | None = None
+        """Index of the frame after which the threads were lowered; None while they were not."""
+        self._seen = 0
+        self._done = False
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._full = 0  # True values in _recent
+
+    def __call__(self, frame: Frame) -> None:
+        if self._done:
+            return
+        self._seen += 1
+        if self._seen <= self.start:
+            return
+        if len(self._recent) == self.window:
+            self._full -= self._recent[0]
+        full = self.fill() >= 1.0
+        self._recent.append(full)
+        self._full += full
+        if len(self._recent) == self.window and self._full >= self.bound * self.window:
+            self._done = True  # lowered, or nowhere to lower them (not Linux): either way, done watching
+            if any([track.lower_priority(self.nice) for track in self.tracks]):
+                self.lowered_at = frame.index
+                logger.info("the encoder sets the pace (its queue full at %d of the last %d frames): "
+                            "processing threads lowered to niceness %d", self._full, self.window, self.nice)
 
 
 async def run_pipeline(

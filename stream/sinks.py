@@ -648,6 +648,11 @@ class VideoFileSink:
 
     # -- public -------------------------------------------------------------------------------------
 
+    @property
+    def queue_fill(self) -> float:
+        """How full the encoder's input queue is (0 empty, 1 full: the next :meth:`write` waits)."""
+        return len(self._queue) / self._queue.maxsize
+
     async def write(self, frame: Frame) -> None:
         """Queue ``frame`` for encoding; waits only while the encoder is ``queue_size`` frames behind."""
         if self._closed or self._aborting:

@@ -23,7 +23,7 @@ from stream import __version__
 from stream.choices import BlendMode, FaceSelection
 from stream.exceptions import InputError, InputNotFoundError, NoFaceError
 from stream.frames import Frame, SourceFace, TrackedFace
-from stream.pipeline import PipelineStats, run_pipeline
+from stream.pipeline import PipelineStats, YieldToEncoder, run_pipeline
 from stream.stages.base import SourceBank, StageChain
 from stream.tracks import FrameProcessor, FrameTrack, ProcessorTrack, SequentialSteps
 
@@ -81,6 +81,10 @@ class SwapOptions:
     cores. Always apart with ``workers`` > 1 and for the learned chain's pipelined executor. On 2 cores the
     decoder and the encoder keep a core busy already, and two Python steps on two threads only hand the GIL
     to and fro: one thread for both measured 6 % more fps for 9 % less CPU (demo clip)."""
+    yield_to_encoder: bool = True
+    """Lower the tracking and stage threads' priority (niceness 10) once the encoder proves the bottleneck
+    (:class:`stream.pipeline.YieldToEncoder`), so that they run in the encoder's idle moments rather than
+    taking cores from it; the report's ``priority_lowered_at`` says after which frame, if at all."""
     source_frames: int = 64
     """At most this many frames are sampled from a SOURCE video to match poses against."""
     progress: bool = True
@@ -332,6 +336,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
             chain.close()
 
     swapped: FrameTrack
+    tracked: FrameTrack | None = None
     piped = None
     cores = usable_cores()
     workers = options.workers or (1 if options.models else min(2, max(1, cores // 2)))
@@ -351,9 +356,15 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
         else:
             swapped = ProcessorTrack(tracked, chain, name="swap", workers=workers, ahead=1)
     progress = Progress(info.frames, options.progress)
+    steps = [t for t in dict.fromkeys((tracked, swapped)) if isinstance(t, ProcessorTrack)]
+    watch = None
+    if options.yield_to_encoder and isinstance(sink, VideoFileSink) and steps:
+        watch = YieldToEncoder(lambda encoder=sink: encoder.queue_fill, steps)
 
     def per_frame(frame: Frame) -> None:
         progress(frame)
+        if watch is not None:
+            watch(frame)
         if on_frame is not None:
             on_frame(frame)
 
@@ -366,6 +377,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     report = build_report(options, stats, bank, setup_seconds, truncated=bool(getattr(source, "truncated", False)))
     report["overlap"] = split is not None
     report["split_steps"] = apart
+    report["priority_lowered_at"] = watch.lowered_at if watch is not None else None
     if options.report is not None:
         from stream.reports import write_json
 

@@ -14,6 +14,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +30,17 @@ from stream.frames import Frame
 from stream.handoff import Handoff
 
 logger = logging.getLogger(__name__)
+
+
+_THREAD_NICE = sys.platform.startswith("linux") and hasattr(os, "setpriority")
+
+
+def _renice(tid: int, nice: int) -> None:
+    """Raise thread ``tid``'s niceness to ``nice`` (never lower it: that needs privileges); a thread that
+    has ended is left alone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
 class FrameTrack(ABC):
@@ -207,9 +220,34 @@ class ProcessorTrack(WorkerTrack):
         self._on_close = on_close
         self._inflight: set[concurrent.futures.Future[Frame]] = set()
         self._local = threading.local()
+        self._threads: set[int] = set()  # native ids of the threads that ran fn
+        self._threads_lock = threading.Lock()
+        self._nice: int | None = None
+
+    def lower_priority(self, nice: int) -> bool:
+        """Run ``fn`` at niceness ``nice`` (at least) from now on, on the threads that ran it so far and on
+        any that start later; False where threads have no priority of their own (only Linux schedules a
+        thread's niceness apart from its process's). One-way: an unprivileged process may raise its
+        threads' niceness, never lower it back, so the threads keep it for their life (the track's)."""
+        if not _THREAD_NICE:
+            return False
+        with self._threads_lock:
+            self._nice = nice
+            threads = list(self._threads)
+        for tid in threads:
+            _renice(tid, nice)
+        return True
 
     def _run(self, frame: Frame) -> Frame:
         self._local.inside = True
+        if not getattr(self._local, "seen", False):  # a thread's first frame
+            self._local.seen = True
+            tid = threading.get_native_id()
+            with self._threads_lock:
+                self._threads.add(tid)
+                nice = self._nice
+            if nice is not None:
+                _renice(tid, nice)
         try:
             t0 = time.perf_counter()
             out = self._fn(frame)

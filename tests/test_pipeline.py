@@ -1,14 +1,17 @@
 """Pipeline ordering, overlap and shutdown with in-memory tracks and sinks (fakes, not mocks)."""
 
 import asyncio
+import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from stream.exceptions import EndOfStream, StageError
 from stream.frames import Frame
-from stream.pipeline import run_pipeline
+from stream.pipeline import YieldToEncoder, run_pipeline
 from stream.tracks import ProcessorTrack, SequentialSteps
 from tests.trackutil import ListSource, numbered_frames
 
@@ -217,3 +220,83 @@ async def test_ahead_queues_frames_for_the_worker_and_keeps_them_in_order(ahead)
     assert seen[0][1] == 12 - 1 - ahead  # frame 0 itself and `ahead` more taken from the source
     with pytest.raises(ValueError, match="ahead must be >= 0"):
         ProcessorTrack(src, stateful, name="s", ahead=-1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux gives threads a niceness of their own")
+async def test_lower_priority_reaches_the_worker_threads_and_no_other():
+    """Frames processed after ``lower_priority`` run at the lowered niceness, on the thread that already
+    ran frames and on threads that start later; the event loop's thread keeps its own."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: dict[int, int] = {}
+
+    def record(frame: Frame) -> Frame:
+        seen[frame.index] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return frame
+
+    track = ProcessorTrack(ListSource(numbered_frames(12)), record, name="w", workers=2)
+
+    def lower_after_frame_5(frame: Frame) -> None:
+        if frame.index == 5:
+            assert track.lower_priority(min(base + 5, 19)) is True
+
+    await run_pipeline(track, MemorySink(), on_frame=lower_after_frame_5)
+    lowered = min(base + 5, 19)
+    assert [seen[i] for i in range(4)] == [base] * 4  # at most 2 frames in flight when it is lowered
+    assert [seen[i] for i in range(8, 12)] == [lowered] * 4
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base
+
+
+class FakeSteps:
+    """Stands in for the processing tracks: records the niceness it was asked for."""
+
+    def __init__(self, can: bool = True) -> None:
+        self.asked: list[int] = []
+        self.can = can
+
+    def lower_priority(self, nice: int) -> bool:
+        self.asked.append(nice)
+        return self.can
+
+
+def watch_frames(fill_at: Callable[[int], float], steps: FakeSteps) -> tuple[YieldToEncoder, list[int]]:
+    """A watcher (warm-up 10 frames, window 20) over 200 frames whose encoder queue is ``fill_at(index)``
+    full at each; also the frames at which it read the fill."""
+    read: list[int] = []
+    now = 0
+
+    def fill() -> float:
+        read.append(now)
+        return fill_at(now)
+
+    watch = YieldToEncoder(fill, [steps], start=10, window=20, nice=7)
+    for frame in numbered_frames(200):
+        now = frame.index
+        watch(frame)
+    return watch, read
+
+
+def test_yield_to_encoder_lowers_the_steps_once_the_encoder_queue_stays_full():
+    """The queue fills at frame 50 (an encoder's own buffer full): 18 of the last 20 frames full at 67."""
+    steps = FakeSteps()
+    watch, read = watch_frames(lambda i: 1.0 if i >= 50 else 0.25, steps)
+    assert steps.asked == [7] and watch.lowered_at == 67
+    assert read == list(range(10, 68))  # not during the warm-up, nor once lowered
+
+
+@pytest.mark.parametrize(("fill_at", "lowered_at"), [
+    (lambda i: float(i % 2), None),  # full every other frame: the stages keep up as often as not
+    (lambda i: 0.0, None),  # never full: the stages set the pace
+    (lambda i: 1.0 if i % 10 else 0.5, 29),  # full 9 frames in 10: at the bound, the first full window
+])
+def test_yield_to_encoder_lowers_the_steps_only_when_the_queue_is_full_nearly_throughout(fill_at, lowered_at):
+    steps = FakeSteps()
+    watch, read = watch_frames(fill_at, steps)
+    assert watch.lowered_at == lowered_at
+    assert steps.asked == ([] if lowered_at is None else [7])
+    assert len(read) == (190 if lowered_at is None else lowered_at - 9)
+
+
+def test_yield_to_encoder_stops_watching_where_threads_have_no_priority_of_their_own():
+    steps = FakeSteps(can=False)
+    watch, read = watch_frames(lambda i: 1.0, steps)
+    assert steps.asked == [7] and watch.lowered_at is None and read == list(range(10, 30))

@@ -331,6 +331,28 @@ def test_tracking_and_stages_on_one_thread_or_two_give_the_same_video(media, tmp
     assert pts_a == pts_b and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux gives threads a niceness of their own")
+def test_processing_yields_to_the_encoder_only_when_the_encoder_sets_the_pace(tmp_path):
+    """x264's slowest preset makes the encoder the bottleneck: once its lookahead (60 frames) is full its
+    queue stays full, and the tracking and stage threads are lowered in priority, only they. Its fastest
+    leaves the pace to the stages: nothing is lowered. Either way the video is whole."""
+    from stream.swap import SwapOptions, swap_video
+
+    _, hopper = sample_faces()
+    clip = write_face_clip(tmp_path / "in.mp4", width=480, height=270, frames=160, empty_head=0, empty_tail=0,
+                           audio=False)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    runs = {}
+    for name, preset, on in (("slow", "placebo", True), ("fast", "ultrafast", True), ("off", "placebo", False)):
+        options = SwapOptions(source=Path(hopper), input=clip, output=tmp_path / f"{name}.mp4", progress=False,
+                              preset=preset, yield_to_encoder=on)
+        runs[name] = asyncio.run(swap_video(options))
+        assert runs[name]["frames"] == 160 and runs[name]["frames_modified"] > 150
+    assert 60 + 45 <= runs["slow"]["priority_lowered_at"] < 160
+    assert runs["fast"]["priority_lowered_at"] is None and runs["off"]["priority_lowered_at"] is None
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's thread keeps its priority
+
+
 def test_demo_builds_the_sample_clip_swaps_it_and_says_where(tmp_path):
     d = tmp_path / "demo"
     r = facestream("demo", "--output-dir", d, "--frames", "24", cwd=tmp_path)

@@ -111,7 +111,8 @@ class YieldToEncoder:
     With few cores the encoder's threads (x264's) and the Python steps (tracking, stages) share them. Where
     the encoder sets the pace, its input queue full frame after frame, each millisecond a step takes a core
     from a runnable encoder thread delays the whole run, while the encoder itself leaves cores idle between
-    its frame threads' dependencies; a step at a lower priority (niceness 10) runs in those gaps instead.
+    its frame threads' dependencies; a step at a lower priority (niceness 10) runs in those gaps instead
+    (MediaPipe's inference thread, a small share, keeps its priority).
     Measured on 2 cores, alternate runs with and without, the threads lowered after frame 60-67 of 300:
     swap fps +9 % on a panning clip (mean of 4 pairs, cores busy 1.67 -> 1.75), +3 % on a camera-like
     one (3 pairs); lowered from the first frame, 0.74-0.76 -> 0.83-0.84 and 0.82 -> 0.91-0.93 of the

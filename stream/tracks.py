@@ -227,9 +227,10 @@ class ProcessorTrack(WorkerTrack):
     def lower_priority(self, nice: int) -> bool:
         """Run ``fn`` at niceness ``nice`` (at least) from now on, on the threads that ran it so far and on
         any that start later; False where threads have no priority of their own (only Linux schedules a
-        thread's niceness apart from its process's). One-way: an unprivileged process may raise its
-        threads' niceness, never lower it back, so the threads keep it for their life (the track's)."""
-        if not _THREAD_NICE:
+        thread's niceness apart from its process's) or belong to an executor passed in (shared: not this
+        track's to lower). One-way: an unprivileged process may raise its threads' niceness, never lower
+        it back, so the threads keep it for their life (the track's)."""
+        if not _THREAD_NICE or not self._own_executor:
             return False
         with self._threads_lock:
             self._nice = nice

@@ -68,7 +68,8 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         **_header(input, source, repeat),
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
-                                       "cores_busy", "ms_per_frame", "setup_seconds", "memory", "split_steps")},
+                                       "cores_busy", "ms_per_frame", "setup_seconds", "memory", "split_steps",
+                                       "priority_lowered_at")},
         **against_floor(swap["fps"], floor["fps"]),
     }
 
@@ -171,6 +172,9 @@ def format_swap_table(result: dict[str, Any]) -> str:
     together = "" if swap.get("split_steps", True) else " (track and swap one after the other on one of them)"
     lines.append(f"step times overlap (decode, track, swap, encode run concurrently on threads of their own"
                  f"{together}), so they do not add up to 1000/fps.")
+    if swap.get("priority_lowered_at") is not None:
+        lines.append(f"the encoder set the pace: from frame {swap['priority_lowered_at']} on, tracking and stages ran "
+                     "at a lower priority, in the moments the encoder left a core idle.")
     return "\n".join(lines)
 
 

@@ -259,6 +259,12 @@ def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(med
     # On 2 cores tracking and the stages share one thread, and the table says so; apart with more cores.
     assert swap["split_steps"] is (result["machine"]["cpus"] > 2)
     assert ("track and swap one after the other" in r.stdout) is not swap["split_steps"]
+    # Too short a clip for the encoder to prove the bottleneck; the table says when it did.
+    assert swap["priority_lowered_at"] is None and "the encoder set the pace" not in r.stdout
+    from stream.bench import format_swap_table
+
+    result["swap"]["priority_lowered_at"] = 60
+    assert "the encoder set the pace: from frame 60 on" in format_swap_table(result)
     # The process's CPU time: the swap does everything the floor does and more.
     assert 0 < floor["cpu_ms_per_frame"] < swap["cpu_ms_per_frame"]
     assert floor["cores_busy"] > 0 and swap["cores_busy"] > 0

@@ -35,7 +35,7 @@ from stream.frames import Frame
 from stream.handoff import Handoff
 from stream.pixels import lazy_capable, rgb_image, yuv420_frame
 from stream.sinks import append_xmp_box, is_isobmff, same_file, synthetic_marks, xmp_packet
-from stream.tracks import FrameTrack
+from stream.tracks import FrameTrack, SequentialSteps
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +79,17 @@ class SwapProcessor:
         # Live faces are near the camera: skip the small-face tile scans, and follow one face when only
         # the largest is swapped; both keep the tracker's share of the latency budget small.
         self.tracker = FaceTracker(TrackerConfig(max_faces=1 if faces == "largest" else 4, tile_detection=False))
+        self._steps = SequentialSteps([("track", self.tracker), ("swap", self.chain)])
         self._closed = False
 
     def __call__(self, frame: Frame) -> Frame:
-        t0 = time.perf_counter()
-        self.tracker(frame)
-        frame.timings["track"] = time.perf_counter() - t0
-        return self.chain(frame)
+        return self._steps(frame)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.tracker.close()
-        self.chain.close()
+        self._steps.close()
 
 
 def swap_processor_factory(*, faces: FaceSelection = "largest",

@@ -148,8 +148,9 @@ class SequentialSteps:
     :class:`FrameProcessor`: each is timed in ``frame.timings`` under its name, and an exception from
     one ends the frame as a :class:`~stream.exceptions.StageError` naming that step.
 
-    What :func:`stream.swap.swap_video` runs instead of one :class:`ProcessorTrack` per step where cores
-    are few: a Python step on a thread of its own gains no core there, only GIL hand-overs with the other.
+    A live session's processor (tracker, then stages), and what :func:`stream.swap.swap_video` runs
+    instead of one :class:`ProcessorTrack` per step where cores are few: a Python step on a thread of its
+    own gains no core there, only GIL hand-overs with the other.
     """
 
     def __init__(self, steps: Sequence[tuple[str, FrameProcessor]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from stream.choices import BlendMode, ColorTransfer, FaceSelection
 from stream.stages.base import CropSpec, SourceBank, Stage, StageChain, select_faces
 from stream.stages.blend import MeshBlender
+from stream.stages.carry import PatchCarry
 from stream.stages.complete import ClassicalCompleter
 from stream.stages.reenact import MeshWarpReenactor
 from stream.stages.segment import MeshSegmenter
@@ -15,6 +16,7 @@ __all__ = [
     "MeshBlender",
     "MeshSegmenter",
     "MeshWarpReenactor",
+    "PatchCarry",
     "SourceBank",
     "Stage",
     "StageChain",
@@ -28,12 +30,15 @@ band (10 % past the oval) and for the blend's reach."""
 
 
 def default_chain(*, faces: FaceSelection = "all", blend: BlendMode = "poisson", color: ColorTransfer = "lab",
-                  crop_scale: float = DEFAULT_CROP_SCALE) -> StageChain:
+                  crop_scale: float = DEFAULT_CROP_SCALE, carry: bool = True) -> StageChain:
     """The weight-free swap: mesh warp -> mesh masks -> Telea completion -> colour transfer + blend.
 
     Works on native-resolution regions of the frame (``CropSpec(size=None)``), so pasting back is a
-    slice and every pixel outside a face's paste mask is left untouched.
+    slice and every pixel outside a face's paste mask is left untouched. ``carry``: a face that only
+    moved by an affine map since a recent frame gets that frame's result moved along
+    (:class:`~stream.stages.carry.PatchCarry`) instead of going through the stages again.
     """
-    stages: list[Stage] = [MeshWarpReenactor(), MeshSegmenter(), ClassicalCompleter(),
-                           MeshBlender(mode=blend, color=color)]
-    return StageChain(stages, CropSpec(size=None, scale=crop_scale), faces=faces)
+    blender = MeshBlender(mode=blend, color=color)
+    stages: list[Stage] = [MeshWarpReenactor(), MeshSegmenter(), ClassicalCompleter(), blender]
+    return StageChain(stages, CropSpec(size=None, scale=crop_scale), faces=faces,
+                      carry=PatchCarry(blender.recolour_function) if carry else None)

@@ -18,6 +18,7 @@ import numpy as np
 from stream.choices import FaceSelection, StageKind
 from stream.exceptions import InputError, NoFaceError
 from stream.frames import CropTransform, FaceWork, Frame, HeadPose, SourceFace, TrackedFace
+from stream.stages.carry import PatchCarry
 
 
 @runtime_checkable
@@ -112,17 +113,26 @@ def select_faces(faces: Sequence[TrackedFace], selection: FaceSelection) -> list
 class StageChain:
     """Runs a sequence of stages over the selected faces of a frame and pastes the result back."""
 
-    def __init__(self, stages: Sequence[Stage], crop: CropSpec, faces: FaceSelection = "all") -> None:
+    def __init__(self, stages: Sequence[Stage], crop: CropSpec, faces: FaceSelection = "all", *,
+                 carry: PatchCarry | None = None) -> None:
         kinds = [s.kind for s in stages]
         if "blend" not in kinds:
             raise InputError(f"a stage chain needs a 'blend' stage; got {kinds}")
         self.stages = tuple(stages)
         self.crop = crop
         self.faces = faces
+        self.carry = carry
+        """Carries what the stages after ``reenact`` made of a face while it moves affinely (region crops
+        only); None: every face goes through every stage."""
+        if carry is not None and kinds[0] != "reenact":
+            raise InputError(f"a chain that carries patches starts with its 'reenact' stage; got {kinds}")
+        self._carry_after = 1
         self.bank: SourceBank | None = None
 
     def set_source(self, bank: SourceBank) -> None:
         self.bank = bank
+        if self.carry is not None:
+            self.carry.clear()
         for stage in self.stages:
             stage.set_source(bank)
 
@@ -152,10 +162,21 @@ class StageChain:
         work = self.build_work(frame)
         if not work:
             return frame
-        for stage in self.stages:
+        todo = work
+        for i, stage in enumerate(self.stages):
+            if self.carry is not None and i == self._carry_after:
+                # Faces that moved affinely since a recent frame take that frame's result from here on.
+                t0 = time.perf_counter()
+                todo = [w for w in todo if not self.carry.carry(w)]
+                frame.timings["carry"] = time.perf_counter() - t0
+            if not todo:
+                break
             t0 = time.perf_counter()
-            stage.process(work)
+            stage.process(todo)
             frame.timings[stage.name] = frame.timings.get(stage.name, 0.0) + time.perf_counter() - t0
+        if self.carry is not None:
+            for w in todo:
+                self.carry.put(w)
         return self.paste(frame, work)
 
     @staticmethod
@@ -176,5 +197,7 @@ class StageChain:
         return frame
 
     def close(self) -> None:
+        if self.carry is not None:
+            self.carry.clear()
         for stage in self.stages:
             stage.close()

@@ -21,7 +21,7 @@ Three modes (:data:`stream.choices.BlendMode`), all after Reinhard colour transf
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import cv2
@@ -41,7 +41,7 @@ from stream.stages.color import (
     to_uint8,
     warm_up_lab,
 )
-from stream.stages.temporal import AffineMemo, TrackMemo, carry_matrix
+from stream.stages.temporal import AffineMemo, TrackMemo, carry_matrix, seam_miss
 
 
 @functools.lru_cache(maxsize=64)
@@ -411,13 +411,7 @@ class MeshBlender:
         lo, hi = _quantiles(values, (ROBUST, 1 - ROBUST))
         miss = np.zeros_like(corr)
         miss[edge] = np.clip(values, lo, hi) - corr[edge]
-        # What shows is a seam's low frequencies (its texture is the source's either way): the miss
-        # averaged along the edge over stretches of about an eighth of the face.
-        k = max(3, int(size / 8) | 1)
-        total = cv2.boxFilter(miss, -1, (k, k), normalize=False)[edge]
-        count = cv2.boxFilter(edge.view(np.uint8), cv2.CV_32F, (k, k), normalize=False)[edge]
-        seam = float((np.abs(total).mean(axis=1) / count).mean())
-        return corr if seam <= self.seam_tolerance else None
+        return corr if seam_miss(miss, edge, size) <= self.seam_tolerance else None
 
     def _recolour(self, work: FaceWork, fg8: np.ndarray, m: np.ndarray, cov: np.ndarray | None,
                   bg8: np.ndarray, fingerprint: np.ndarray) -> np.ndarray:
@@ -438,6 +432,17 @@ class MeshBlender:
         lut = reinhard_lut(src_stats, ref_stats)
         self._colour.put(key, work.frame_index, (lut, fingerprint))
         return apply_lab_lut(lab, lut)
+
+    def recolour_function(self, work: FaceWork) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The colour transfer :meth:`blend` applied to ``work`` (call it right after), as a function of
+        uint8 RGB; None when there is none to reproduce (no colour statistics for its track)."""
+        if self.color == "none":
+            return lambda rgb: rgb
+        cached = self._colour.get(self._key(work), work.frame_index)
+        if cached is None:
+            return None
+        lut = cached[0]
+        return lambda rgb: apply_lab_lut(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB), lut)
 
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:

@@ -196,3 +196,19 @@ def carry_matrix(motion: np.ndarray, old_origin: tuple[float, float],
     out = inv.copy()
     out[:, 2] = inv[:, :2] @ np.asarray(new_origin, np.float64) + inv[:, 2] - np.asarray(old_origin, np.float64)
     return out
+
+
+def seam_miss(miss: np.ndarray, edge: np.ndarray, size: float) -> float:
+    """How far (grey levels) a seam misses along ``edge`` ((h, w) bool): ``miss`` ((h, w, c) float32, zero
+    off the edge) averaged over stretches of the edge about 1/8 of a face of ``size`` pixels long, then
+    over channels and stretches. What shows of a seam is its low frequencies (its texture is the
+    source's either way), so a miss that changes sign from pixel to pixel counts for little."""
+    k = max(3, int(size / 8) | 1)
+    channels = miss.shape[2] if miss.ndim == 3 else 1
+    total = np.abs(cv2.boxFilter(miss, -1, (k, k), normalize=False))
+    if channels > 1:
+        total = cv2.transform(total, np.full((1, channels), 1.0 / channels))
+    mask = edge.view(np.uint8)
+    count = cv2.boxFilter(mask, cv2.CV_32F, (k, k), normalize=False)
+    return float(cv2.mean(cv2.divide(total, count), mask=mask)[0])
+

@@ -93,11 +93,13 @@ class TrackerConfig:
     ~50 px tall in 720p (~80 px without) at the cost of two more detector runs per scan (one per frame)."""
     match_iou: float = 0.3
     """Intersection-over-union above which a detection is taken to be an already tracked face."""
-    mesh_every: int = 6
+    mesh_every: int = 10
     """Run the mesh network on a tracked face at least every this many frames; in between its mesh is
     carried by optical flow (:mod:`stream.landmark_flow`), and the network runs early whenever the flow
     cannot be trusted (the head turns, the mouth or eyes move, fast motion, occlusion). 1 meshes every
-    frame."""
+    frame. Measured against meshing every frame on the demo clip, camera-like and panned footage: 95 % of
+    the carried points within 0.33 %, 0.43 % and 0.61 % of the face height (0.28 %, 0.36 %, 0.58 % at
+    6), for 40 % fewer network runs (0.4 ms of CPU a frame on the demo clip)."""
 
     def __post_init__(self) -> None:
         if self.max_faces < 1:

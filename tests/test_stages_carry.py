@@ -100,3 +100,14 @@ def test_set_source_forgets_the_patches() -> None:
     carried.set_source(SourceBank([source(*astronaut())]))
     _, frame = _swap(carried, 1, *_moved(img, lm, 1.0, 1.0))
     assert "mesh_segment" in frame.timings
+
+
+def test_bad_options_are_refused() -> None:
+    from stream.exceptions import InputError
+    from stream.stages import CropSpec, MeshBlender, PatchCarry, StageChain
+
+    for kwargs in ({"hole_below": 0.0}, {"seam_tolerance": -1.0}, {"color_tolerance": -1.0}):
+        with pytest.raises(InputError):
+            PatchCarry(lambda work: None, **kwargs)
+    with pytest.raises(InputError, match="reenact"):  # the carry starts from the warped source
+        StageChain([MeshBlender()], CropSpec(), carry=PatchCarry(lambda work: None))

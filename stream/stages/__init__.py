@@ -38,7 +38,7 @@ def default_chain(*, faces: FaceSelection = "all", blend: BlendMode = "poisson",
     moved by an affine map since a recent frame gets that frame's result moved along
     (:class:`~stream.stages.carry.PatchCarry`) instead of going through the stages again.
     """
-    blender = MeshBlender(mode=blend, color=color)
-    stages: list[Stage] = [MeshWarpReenactor(), MeshSegmenter(), ClassicalCompleter(), blender]
-    return StageChain(stages, CropSpec(size=None, scale=crop_scale), faces=faces,
-                      carry=PatchCarry(blender.recolour_function) if carry else None)
+    completer, blender = ClassicalCompleter(), MeshBlender(mode=blend, color=color)
+    stages: list[Stage] = [MeshWarpReenactor(), MeshSegmenter(), completer, blender]
+    patches = PatchCarry(blender.recolour_function, hole_below=completer.hole_below) if carry else None
+    return StageChain(stages, CropSpec(size=None, scale=crop_scale), faces=faces, carry=patches)

@@ -126,7 +126,6 @@ class StageChain:
         only); None: every face goes through every stage."""
         if carry is not None and kinds[0] != "reenact":
             raise InputError(f"a chain that carries patches starts with its 'reenact' stage; got {kinds}")
-        self._carry_after = 1
         self.bank: SourceBank | None = None
 
     def set_source(self, bank: SourceBank) -> None:
@@ -164,8 +163,9 @@ class StageChain:
             return frame
         todo = work
         for i, stage in enumerate(self.stages):
-            if self.carry is not None and i == self._carry_after:
-                # Faces that moved affinely since a recent frame take that frame's result from here on.
+            if self.carry is not None and i == 1:
+                # After the reenact stage, faces that moved affinely since a recent frame take that frame's
+                # result from here on.
                 t0 = time.perf_counter()
                 todo = [w for w in todo if not self.carry.carry(w)]
                 frame.timings["carry"] = time.perf_counter() - t0

@@ -36,7 +36,6 @@ from stream.stages.temporal import AffineMemo, carry_matrix, seam_miss
 __all__ = ["PatchCarry"]
 
 _BAND = (0.02, 0.98)  # paste weights between which patch and target mix visibly: the seam
-_HOLE_BELOW = 0.5  # warp coverage under which a pixel is all fill (ClassicalCompleter's default)
 
 Recolour = Callable[[np.ndarray], np.ndarray]
 """The colour transfer a frame's blend used: uint8 RGB in, uint8 RGB out."""
@@ -65,12 +64,18 @@ class PatchCarry:
             from the stored frame's target moved the same way, averaged over stretches of the edge about
             1/8 of the face long (a seam's low frequencies, which are what shows).
         color_tolerance: the same for the mean colour of the target under the face.
+        hole_below: warp coverage under which a pixel is all fill, cross-faded with the warp above it, as
+            the chain's complete stage does (:class:`~stream.stages.complete.ClassicalCompleter`).
     """
 
     def __init__(self, recolour: Callable[[FaceWork], Recolour | None], reuse: int = 6, *,
-                 tolerance: float = 0.3, seam_tolerance: float = 6.0, color_tolerance: float = 3.0) -> None:
+                 tolerance: float = 0.3, seam_tolerance: float = 6.0, color_tolerance: float = 3.0,
+                 hole_below: float = 0.5) -> None:
         if seam_tolerance < 0 or color_tolerance < 0:
             raise InputError(f"seam and colour tolerances must be >= 0, got {seam_tolerance}, {color_tolerance}")
+        if not 0 < hole_below <= 1:
+            raise InputError(f"hole_below must be in (0, 1], got {hole_below}")
+        self.hole_below = hole_below
         self.recolour = recolour
         self.seam_tolerance = seam_tolerance
         self.color_tolerance = color_tolerance
@@ -132,12 +137,12 @@ class PatchCarry:
         holes = cv2.bitwise_and(cv2.compare(alpha, 0.0, cv2.CMP_GT), cv2.compare(cov, 1.0, cv2.CMP_LT))
         hx, hy, hw, hh = cv2.boundingRect(holes)
         if hw:
-            # Where the warp does not cover the face, the fill: pure below _HOLE_BELOW, cross-faded above.
+            # Where the warp does not cover the face, the fill: pure below hole_below, cross-faded above.
             box = (slice(hy, hy + hh), slice(hx, hx + hw))
             shift = a.copy()
             shift[:, 2] += shift[:, :2] @ (hx, hy)
             fill = cv2.warpAffine(patch.output, shift, (hw, hh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-            c = np.clip((cov[box] - _HOLE_BELOW) * np.float32(1.0 / (1.0 - _HOLE_BELOW)), 0.0, 1.0)
+            c = np.clip((cov[box] - self.hole_below) * np.float32(1.0 / max(1.0 - self.hole_below, 1e-6)), 0.0, 1.0)
             step = cv2.subtract(out[box], fill, dtype=cv2.CV_32F)
             cv2.multiply(step, cv2.merge((c, c, c)), dst=step)
             cv2.copyTo(cv2.add(step, fill, dtype=cv2.CV_8U), holes[box], out[box])

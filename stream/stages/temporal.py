@@ -211,4 +211,3 @@ def seam_miss(miss: np.ndarray, edge: np.ndarray, size: float) -> float:
     mask = edge.view(np.uint8)
     count = cv2.boxFilter(mask, cv2.CV_32F, (k, k), normalize=False)
     return float(cv2.mean(cv2.divide(total, count), mask=mask)[0])
-

@@ -11,14 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from stream.choices import FaceSelection, StageKind
 from stream.exceptions import InputError, NoFaceError
 from stream.frames import CropTransform, FaceWork, Frame, HeadPose, SourceFace, TrackedFace
-from stream.stages.carry import PatchCarry
+
+if TYPE_CHECKING:  # carry builds on the complete stage, which builds on this module
+    from stream.stages.carry import PatchCarry
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from stream import mesh
 from stream.exceptions import InputError
 from stream.frames import FaceWork
 from stream.stages.color import to_uint8
+from stream.stages.complete import check_hole_below, fill_with_warp
 from stream.stages.temporal import AffineMemo, carry_matrix, seam_miss
 
 __all__ = ["PatchCarry"]
@@ -73,8 +74,7 @@ class PatchCarry:
                  hole_below: float = 0.5) -> None:
         if seam_tolerance < 0 or color_tolerance < 0:
             raise InputError(f"seam and colour tolerances must be >= 0, got {seam_tolerance}, {color_tolerance}")
-        if not 0 < hole_below <= 1:
-            raise InputError(f"hole_below must be in (0, 1], got {hole_below}")
+        check_hole_below(hole_below)
         self.hole_below = hole_below
         self.recolour = recolour
         self.seam_tolerance = seam_tolerance
@@ -142,10 +142,8 @@ class PatchCarry:
             shift = a.copy()
             shift[:, 2] += shift[:, :2] @ (hx, hy)
             fill = cv2.warpAffine(patch.output, shift, (hw, hh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-            c = np.clip((cov[box] - self.hole_below) * np.float32(1.0 / max(1.0 - self.hole_below, 1e-6)), 0.0, 1.0)
-            step = cv2.subtract(out[box], fill, dtype=cv2.CV_32F)
-            cv2.multiply(step, cv2.merge((c, c, c)), dst=step)
-            cv2.copyTo(cv2.add(step, fill, dtype=cv2.CV_8U), holes[box], out[box])
+            mixed = fill_with_warp(fill, out[box], cov[box], self.hole_below)
+            cv2.copyTo(to_uint8(mixed), holes[box], out[box])
         output = work.image.copy()
         output[win] = out
         full = np.zeros((crop_h, crop_w), np.float32)

@@ -33,6 +33,22 @@ def _clip01(x: np.ndarray) -> np.ndarray:
     return cv2.threshold(x, 0.0, 0.0, cv2.THRESH_TOZERO)[1]
 
 
+def check_hole_below(hole_below: float) -> None:
+    """Raise :class:`InputError` unless ``hole_below`` is a usable coverage threshold, in (0, 1]."""
+    if not 0 < hole_below <= 1:
+        raise InputError(f"hole_below must be in (0, 1], got {hole_below}")
+
+
+def fill_with_warp(fill: np.ndarray, warp: np.ndarray, coverage: np.ndarray, hole_below: float) -> np.ndarray:
+    """float32 cross-fade of a hole ``fill`` with the ``warp`` by the warp's ``coverage`` (same size, any
+    dtype): pure fill below ``hole_below``, pure warp at full coverage, i.e. ``fill + c (warp - fill)``
+    with ``c`` rising linearly from 0 at ``hole_below`` to 1 at 1."""
+    c = _clip01((coverage - hole_below) * np.float32(1.0 / max(1.0 - hole_below, 1e-6)))
+    step = cv2.subtract(warp, fill, dtype=cv2.CV_32F)
+    cv2.multiply(step, cv2.merge((c, c, c)), dst=step)
+    return cv2.add(step, fill, dtype=cv2.CV_32F)
+
+
 def inpaint_holes(image: np.ndarray, hole: np.ndarray, seeds: np.ndarray | None = None, *,
                   scale: float = 1.0, radius: float = 3.0) -> np.ndarray:
     """Telea-inpaint the ``hole`` pixels of float32 RGB ``image``; returns a float32 copy.
@@ -81,8 +97,7 @@ class ClassicalCompleter:
                  name: str = "inpaint") -> None:
         if work_size < 16:
             raise InputError(f"work_size must be >= 16, got {work_size}")
-        if not 0 < hole_below <= 1:
-            raise InputError(f"hole_below must be in (0, 1], got {hole_below}")
+        check_hole_below(hole_below)
         self.name = name
         self.work_size = work_size
         self.hole_below = hole_below
@@ -126,13 +141,7 @@ class ClassicalCompleter:
         outside = cv2.bitwise_and(cv2.compare(near, 0, cv2.CMP_EQ), cv2.compare(cov, self.hole_below, cv2.CMP_LT))
         cv2.copyTo(work.image[win], outside, seeds)
         filled = _inpaint_u8(seeds, fill > 0, scale, self.radius)
-        # Cross-fade on the filled pixels: pure fill below `hole_below` coverage, pure warp at full
-        # coverage, i.e. src + (1 - c) (fill - src).
-        c = _clip01((cov - self.hole_below) * np.float32(1.0 / max(1.0 - self.hole_below, 1e-6)))
-        step = cv2.subtract(filled, src, dtype=cv2.CV_32F)
-        k = 1.0 - c
-        cv2.multiply(step, cv2.merge((k, k, k)), dst=step)
-        cv2.add(step, src, dst=step)
+        step = fill_with_warp(filled, src, cov, self.hole_below)
         # In place: nothing reads the unfilled warp after this stage, and a second crop-sized float
         # image per face costs more (fresh memory) than the whole fill.
         cv2.copyTo(step, fill, reenacted[win])

@@ -53,7 +53,7 @@ from stream.filters import OneEuroConfig, OneEuroFilter
 from stream.frames import Frame, TrackedFace
 from stream.landmark_flow import LandmarkFlow
 from stream.pixels import Pixels, as_pixels
-from stream.pose import estimate_pose, stored_to_upright_matrix, upright_size
+from stream.pose import LazyHeadPose, stored_to_upright_matrix, upright_size
 
 logger = logging.getLogger(__name__)
 
@@ -788,7 +788,7 @@ class FaceTracker:
     def _face(self, track_id: int, pts: np.ndarray, score: float, w: int, h: int,
               rotation: int) -> TrackedFace:
         return TrackedFace(track_id=track_id, landmarks=pts, bbox=_bbox(pts),
-                           pose=estimate_pose(pts, image_size=(w, h), rotation=rotation),
+                           pose=LazyHeadPose(pts, image_size=(w, h), rotation=rotation),
                            score=float(min(max(score, 0.0), 1.0)))
 
     def _meshes_from_detections(self, image: Pixels, detections: list[_Detection], limit: int,

@@ -79,6 +79,15 @@ def test_source_bank_nearest_pose():
         SourceBank([])
 
 
+def test_source_bank_of_one_face_does_not_read_the_target_pose():
+    from stream.pose import LazyHeadPose
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    only = SourceFace(img, np.zeros((478, 3), np.float32), pose(0), frame_index=0)
+    unreadable = LazyHeadPose(np.zeros((10, 3), np.float32))  # reading it raises
+    assert SourceBank([only]).nearest(unreadable) == [only]
+
+
 def test_paste_reports_only_the_region_alpha_touches():
     img = np.zeros((60, 90, 3), np.uint8)
     tf = CropTransform.region(20, 10, 70, 50)

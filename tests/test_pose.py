@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from stream.exceptions import InputError
+from stream.frames import HeadPose
 from stream.pose import (
+    LazyHeadPose,
     estimate_pose,
     euler_from_matrix,
     matrix_from_euler,
@@ -126,6 +128,35 @@ def test_estimate_pose_rejects_bad_input() -> None:
         estimate_pose(np.zeros((10, 3), np.float32))
     with pytest.raises(InputError, match="image_size"):
         estimate_pose(np.zeros((478, 3), np.float32), rotation=90)
+
+
+def test_lazy_pose_is_estimated_on_first_read(astronaut_face, monkeypatch) -> None:
+    import stream.pose
+
+    _, face = astronaut_face
+    calls = []
+    real = stream.pose.estimate_pose
+    monkeypatch.setattr(stream.pose, "estimate_pose", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lazy = LazyHeadPose(face.landmarks, image_size=(640, 480), rotation=90)
+    assert calls == [] and isinstance(lazy, HeadPose)
+    want = real(face.landmarks, image_size=(640, 480), rotation=90)
+    assert (lazy.yaw, lazy.pitch, lazy.roll) == (want.yaw, want.pitch, want.roll)
+    assert np.array_equal(lazy.rotation, want.rotation) and np.array_equal(lazy.translation, want.translation)
+    assert np.array_equal(lazy.as_vector(), want.as_vector())
+    assert calls == [1]  # once, whatever is read after
+    assert not hasattr(lazy, "no_such_field")
+
+
+def test_lazy_pose_of_bad_landmarks_fails_when_read() -> None:
+    lazy = LazyHeadPose(np.zeros((10, 3), np.float32))
+    with pytest.raises(InputError, match="478"):
+        _ = lazy.yaw
+
+
+def test_tracked_faces_carry_their_pose(astronaut_face) -> None:
+    _, face = astronaut_face
+    want = estimate_pose(face.landmarks)
+    assert (face.pose.yaw, face.pose.pitch, face.pose.roll) == (want.yaw, want.pitch, want.roll)
 
 
 # ------------------------------------------------------------------------------- real meshes

@@ -61,6 +61,8 @@ class SourceBank:
 
     def nearest(self, pose: HeadPose, k: int = 1) -> list[SourceFace]:
         """The ``k`` source faces whose (yaw, pitch) is nearest ``pose``; roll is handled by the warp."""
+        if len(self.faces) == 1:  # nothing to choose from: the pose is not read (it may be estimated lazily)
+            return list(self.faces[:k])
         d = np.linalg.norm(self._poses - np.array([pose.yaw, pose.pitch], np.float32), axis=1)
         return [self.faces[i] for i in np.argsort(d, kind="stable")[:k]]
 

@@ -421,7 +421,8 @@ class FaceWork:
     """Source face chosen for this target (nearest pose)."""
     frame_index: int = 0
     reenacted: np.ndarray | None = None
-    """reenact: source face warped/reenacted to the target's geometry, (h, w, 3) float32 RGB 0..255."""
+    """reenact: source face warped/reenacted to the target's geometry, (h, w, 3) float32 RGB 0..255 (uint8
+    from a reenact stage that samples in 8 bits)."""
     coverage: np.ndarray | None = None
     """reenact: (h, w) float32 in [0, 1], where ``reenacted`` holds real source pixels."""
     face_mask: np.ndarray | None = None
@@ -429,7 +430,7 @@ class FaceWork:
     mouth_mask: np.ndarray | None = None
     """segment: (h, w) float32 in [0, 1], the target's open-mouth interior to keep."""
     completed: np.ndarray | None = None
-    """complete: ``reenacted`` with uncovered face pixels filled, (h, w, 3) float32."""
+    """complete: ``reenacted`` with uncovered face pixels filled, (h, w, 3), of ``reenacted``'s dtype."""
     output: np.ndarray | None = None
     """blend: final crop, (h, w, 3) uint8 RGB."""
     alpha: np.ndarray | None = None

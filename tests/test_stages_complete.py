@@ -55,6 +55,19 @@ def test_completion_fills_a_hole_close_to_the_truth(face_px: float) -> None:
     assert out is work.reenacted
 
 
+def test_an_eight_bit_warp_is_completed_in_place() -> None:
+    """The weight-free chain's warp is uint8: the fill goes into it, rounded, as into a float one."""
+    work, truth, hole = _work_with_hole(100, 0.12)
+    as_float = ClassicalCompleter().complete(work).copy()
+    work, _, _ = _work_with_hole(100, 0.12)
+    work.reenacted = np.rint(work.reenacted).astype(np.uint8)
+    ClassicalCompleter().process([work])
+    out = work.completed
+    assert out is work.reenacted and out.dtype == np.uint8
+    assert np.abs(out.astype(np.float32) - truth)[hole].mean() < 4.0
+    assert np.abs(out.astype(np.float32) - as_float)[hole].max() <= 2
+
+
 def test_full_coverage_is_passed_through_without_work() -> None:
     img, lm = astronaut()
     work = work_for(img, lm, source(*grace_hopper()))

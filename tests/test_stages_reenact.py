@@ -172,6 +172,28 @@ def test_big_source_is_sampled_from_a_reduced_level() -> None:
     assert wm is not None and wm.level == 2
 
 
+@pytest.mark.parametrize("face_px", [100, 250])
+def test_eight_bit_warp_is_the_float_warp_rounded(face_px: float) -> None:
+    """Same map, same coverage; the samples differ only by the rounding of the source levels and of the
+    result (and OpenCV's fixed-point 8-bit interpolation): within 1 grey level almost everywhere."""
+    img, lm = _target(face_px, integer_landmarks=False)
+    src = source(*grace_hopper())
+    out = []
+    for eight_bit in (False, True):
+        work = work_for(img, lm, src)
+        stage = MeshWarpReenactor(eight_bit=eight_bit)
+        stage.set_source(SourceBank([src]))
+        stage.process([work])
+        out.append(work)
+    flt, u8 = out
+    assert u8.reenacted.dtype == np.uint8 and u8.reenacted.shape == flt.reenacted.shape
+    np.testing.assert_array_equal(u8.coverage, flt.coverage)
+    covered = flt.coverage > 0
+    diff = np.abs(u8.reenacted.astype(np.float32) - flt.reenacted)[covered]
+    assert covered.mean() > 0.2 and np.percentile(diff, 99) <= 1.5 and diff.max() <= 3
+    assert (u8.reenacted[~covered] == 0).all()
+
+
 def test_reenactor_is_a_stage_and_validates_options() -> None:
     stage = MeshWarpReenactor()
     assert isinstance(stage, Stage) and stage.kind == "reenact"

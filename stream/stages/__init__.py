@@ -39,6 +39,6 @@ def default_chain(*, faces: FaceSelection = "all", blend: BlendMode = "poisson",
     (:class:`~stream.stages.carry.PatchCarry`) instead of going through the stages again.
     """
     completer, blender = ClassicalCompleter(), MeshBlender(mode=blend, color=color)
-    stages: list[Stage] = [MeshWarpReenactor(), MeshSegmenter(), completer, blender]
+    stages: list[Stage] = [MeshWarpReenactor(eight_bit=True), MeshSegmenter(), completer, blender]
     patches = PatchCarry(blender.recolour_function, hole_below=completer.hole_below) if carry else None
     return StageChain(stages, CropSpec(size=None, scale=crop_scale), faces=faces, carry=patches)

@@ -144,7 +144,7 @@ class ClassicalCompleter:
         step = fill_with_warp(filled, src, cov, self.hole_below)
         # In place: nothing reads the unfilled warp after this stage, and a second crop-sized float
         # image per face costs more (fresh memory) than the whole fill.
-        cv2.copyTo(step, fill, reenacted[win])
+        cv2.copyTo(step if reenacted.dtype == np.float32 else to_uint8(step), fill, reenacted[win])
         return reenacted
 
     @staticmethod

@@ -93,7 +93,7 @@ def benchmark_overlap(*, tiny: bool = False, device: str | None = None, precisio
 
     import engines
     from stream.demo import sample_face_images
-    from stream.frames import Frame, SourceFace
+    from stream.frames import Frame, HeadPose, SourceFace
     from stream.pipelined import FramePipeline
     from stream.stages.base import SourceBank, StageChain
     from stream.stages.fsgan import FsganBlender, FsganCompleter, FsganReenactorV2, FsganSegmenter
@@ -113,8 +113,8 @@ def benchmark_overlap(*, tiny: bool = False, device: str | None = None, precisio
     (src,) = detect_faces(hopper, max_faces=1)
     # Sources around the target's pose: it falls inside their triangle (or on their edge, or one of them).
     offsets = [(-10.0, -10.0), (10.0, -10.0), (0.0, 10.0)][:sources]
-    poses = [type(face.pose)(face.pose.yaw + dy, face.pose.pitch + dp, 0.0, face.pose.rotation,
-                             face.pose.translation) for dy, dp in offsets]
+    poses = [HeadPose(face.pose.yaw + dy, face.pose.pitch + dp, 0.0, face.pose.rotation,
+                      face.pose.translation) for dy, dp in offsets]
     bank = SourceBank([SourceFace(hopper, src.landmarks, p) for p in poses])
     names = [f"{n}.tiny" if tiny else n for n in (
         "fsgan_reenactment_v2", "fsgan_segmentation_v2", "fsgan_inpainting_v2", "fsgan_blending_v2")]

@@ -158,7 +158,8 @@ class LazyHeadPose(HeadPose):
 
     The tracker gives every face of every frame a pose, but a swap from one source image reads none of them
     (the source is chosen by pose only among several): put off, the estimate costs nothing there (0.17 ms a
-    face and frame measured on 2 cores). Reads as a :class:`HeadPose` in every way.
+    face and frame measured on 2 cores). Reads as a :class:`HeadPose` in every way; new poses derived
+    from it are built with :class:`HeadPose` itself (this constructor takes a mesh).
     """
 
     def __init__(self, landmarks: np.ndarray, *, image_size: tuple[int, int] | None = None,

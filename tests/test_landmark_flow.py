@@ -116,6 +116,26 @@ def test_flow_follows_a_shift_and_hands_back_when_the_mouth_opens(hopper_face) -
     assert "mouth" in flow.last_reason, flow.last_reason
 
 
+def test_flow_follows_an_accelerating_face_or_hands_back(hopper_face) -> None:
+    """A head that speeds up by 4 px a frame each frame (its last velocity predicts it worse and worse):
+    every mesh the flow returns is on the face; it may give up, but not before the motion is fast."""
+    img, mesh = hopper_face
+    flow = LandmarkFlow()
+    flow.keyframe(img, mesh)
+    x = v = 0.0
+    followed = 0
+    for _ in range(10):
+        v += 4.0
+        x += v
+        moved = flow.propagate(_shifted(img, x, 0.5 * x))
+        if moved is None:
+            break
+        followed += 1
+        shift = (moved[:, :2] - mesh[:, :2]).mean(axis=0)
+        assert np.allclose(shift, (x, 0.5 * x), atol=0.75), (x, shift)
+    assert followed >= 4, flow.last_reason  # up to 16 px a frame (a tenth of the face) and speeding up
+
+
 def test_flow_hands_back_when_the_face_is_gone(hopper_face) -> None:
     img, mesh = hopper_face
     flow = LandmarkFlow()

@@ -126,10 +126,10 @@ def _ncc(image: np.ndarray, ref: np.ndarray, ref_norm: float) -> float:
     goes through a DFT for patches this size, five times slower than the two sums."""
     if ref_norm <= 1e-3:
         return 1.0
-    cur = image.astype(np.float32)
-    cur -= cur.mean()
-    norm = float(np.sqrt(np.vdot(cur, cur)))
-    return float(np.vdot(cur, ref)) / (norm * ref_norm) if norm > 1e-3 else 0.0
+    # ``ref`` sums to 0, so ``image``'s mean drops out of the dot product; its norm less the mean is its
+    # standard deviation times sqrt(n) (one OpenCV pass: a third of the time of the numpy steps).
+    norm = float(cv2.meanStdDev(image)[1][0, 0]) * math.sqrt(image.size)
+    return float(np.vdot(image.astype(np.float32), ref)) / (norm * ref_norm) if norm > 1e-3 else 0.0
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -69,7 +69,7 @@ async def bench_swap(input: Path, source: Path, *, repeat: int = 1, **swap_kwarg
         "transcode_floor": floor,
         "swap": {k: swap[k] for k in ("frames", "frames_with_faces", "wall_seconds", "fps", "cpu_ms_per_frame",
                                        "cores_busy", "ms_per_frame", "setup_seconds", "memory", "split_steps",
-                                       "priority_lowered_at")},
+                                       "priority_lowered_at", "steps_busy")},
         **against_floor(swap["fps"], floor["fps"]),
     }
 

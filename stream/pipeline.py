@@ -112,35 +112,55 @@ class YieldToEncoder:
     the encoder sets the pace, its input queue full frame after frame, each millisecond a step takes a core
     from a runnable encoder thread delays the whole run, while the encoder itself leaves cores idle between
     its frame threads' dependencies; a step at a lower priority (niceness 10) runs in those gaps instead
-    (MediaPipe's inference thread, a small share, keeps its priority).
-    Measured on 2 cores, alternate runs with and without, the threads lowered after frame 60-67 of 300:
-    swap fps +9 % on a panning clip (mean of 4 pairs, cores busy 1.67 -> 1.75), +3 % on a camera-like
-    one (3 pairs); lowered from the first frame, 0.74-0.76 -> 0.83-0.84 and 0.82 -> 0.91-0.93 of the
-    transcode floor. Where the steps set the pace, the queue mostly empty (the still demo clip), it never
-    acts: lowering them there cost 5-10 %.
+    (MediaPipe's inference thread, a small share, keeps its priority). Those gaps are only so wide, though:
+    a step thread that needs much of a core at the encoder's pace no longer keeps up once lowered, and the
+    run slows down. So the threads are lowered only while the busiest step thread is busy at most
+    ``max_busy`` of the time.
+    Measured on 2 cores, alternate runs with the threads lowered after frame 60-65 of 300 and never lowered:
+    camera-like footage (the step thread busy 0.28-0.32 of the time) 0.83-0.85 -> 0.83-0.90 of the transcode
+    floor, panning footage (0.32-0.33) 0.79-0.81 -> 0.87-0.90; the still demo clip, whose encoding is
+    cheaper (its step thread busy 0.54-0.62), 0.62-0.81 -> 0.62-0.65: lowered there cost 10 % of the
+    swap's fps (4 alternate triples: 132 never, 119 lowered after frame 62-95, 118 from the first frame).
 
     Call it with every frame before the frame is written (:func:`run_pipeline`'s ``on_frame``). After
     ``start`` frames of warm-up it watches the last ``window`` frames: ``fill()`` is the encoder queue's
     fill (0 empty, 1 full, so the coming write waits), and the first time at least ``bound`` of them found
-    it full the threads are lowered. For good, because an unprivileged process cannot raise a thread's
-    priority back; hence a long window (1.5 s at 30 fps) of a queue full nearly throughout. An encoder that
-    buffers frames of its own (x264's lookahead: 10 frames at ``veryfast``, 60 at ``placebo``) fills its
-    queue only once its buffer is full.
+    it full, with no step thread busy more than ``max_busy`` of the wall time over those frames, the threads
+    are lowered. For good, because an unprivileged process cannot raise a thread's priority back; hence a
+    long window (1.5 s at 30 fps) of a queue full nearly throughout. An encoder that buffers frames of its
+    own (x264's lookahead: 10 frames at ``veryfast``, 60 at ``placebo``) fills its queue only once its
+    buffer is full.
     """
 
     def __init__(self, fill: Callable[[], float], tracks: Sequence[ProcessorTrack], *, start: int = 15,
-                 window: int = 45, bound: float = 0.9, nice: int = 10) -> None:
+                 window: int = 45, bound: float = 0.9, nice: int = 10, max_busy: float = 0.45,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if window < 1 or not 0 < bound <= 1:
             raise ValueError(f"window must be >= 1 and bound in (0, 1]; got {window}, {bound}")
+        if not 0 < max_busy <= 1:
+            raise ValueError(f"max_busy must be in (0, 1]; got {max_busy}")
         self.fill = fill
         self.tracks = tuple(tracks)
-        self.start, self.window, self.bound, self.nice = start, window, bound, nice
+        self.start, self.window, self.bound, self.nice, self.max_busy = start, window, bound, nice, max_busy
+        self.clock = clock
         self.lowered_at: int | None = None
         """Index of the frame after which the threads were lowered; None while they were not."""
+        self.busy: float | None = None
+        """Share of the wall time the busiest step thread was busy over the last full window (None before
+        one, or where threads have no CPU clock)."""
         self._seen = 0
         self._done = False
         self._recent: deque[bool] = deque(maxlen=window)
         self._full = 0  # True values in _recent
+        # (wall time, CPU seconds of each step thread) per watched frame, to measure the window's busy share
+        self._clock: deque[tuple[float, list[float]]] = deque(maxlen=window + 1)
+
+    def _busiest(self) -> float | None:
+        """The largest share of the window's wall time a step thread spent on a CPU."""
+        (w0, c0), (w1, c1) = self._clock[0], self._clock[-1]
+        if w1 <= w0 or not c1 or len(c0) != len(c1):
+            return None
+        return max(b - a for a, b in zip(c0, c1, strict=True)) / (w1 - w0)
 
     def __call__(self, frame: Frame) -> None:
         if self._done:
@@ -153,12 +173,17 @@ class YieldToEncoder:
         full = self.fill() >= 1.0
         self._recent.append(full)
         self._full += full
-        if len(self._recent) == self.window and self._full >= self.bound * self.window:
+        self._clock.append((self.clock(), [c for t in self.tracks for c in t.thread_cpu_seconds()]))
+        if len(self._recent) < self.window:
+            return
+        self.busy = self._busiest()
+        if self._full >= self.bound * self.window and (self.busy is None or self.busy <= self.max_busy):
             self._done = True  # lowered, or nowhere to lower them (not Linux): either way, done watching
             if any([track.lower_priority(self.nice) for track in self.tracks]):
                 self.lowered_at = frame.index
-                logger.info("the encoder sets the pace (its queue full at %d of the last %d frames): "
-                            "processing threads lowered to niceness %d", self._full, self.window, self.nice)
+                logger.info("the encoder sets the pace (its queue full at %d of the last %d frames, the steps "
+                            "busy %s of the time): processing threads lowered to niceness %d", self._full,
+                            self.window, "?" if self.busy is None else f"{self.busy:.2f}", self.nice)
 
 
 async def run_pipeline(

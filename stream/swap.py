@@ -84,8 +84,10 @@ class SwapOptions:
     pairs), 0.75-0.80 -> 0.82-0.92 of the transcode floor on a camera-like one."""
     yield_to_encoder: bool = True
     """Lower the tracking and stage threads' priority (niceness 10) once the encoder proves the bottleneck
-    (:class:`stream.pipeline.YieldToEncoder`), so that they run in the encoder's idle moments rather than
-    taking cores from it; the report's ``priority_lowered_at`` says after which frame, if at all."""
+    and they need under half a core (:class:`stream.pipeline.YieldToEncoder`), so that they run in the
+    encoder's idle moments rather than taking cores from it; the report's ``priority_lowered_at`` says after
+    which frame, if at all, and ``steps_busy`` the busiest step thread's share of the time when it last
+    looked."""
     source_frames: int = 64
     """At most this many frames are sampled from a SOURCE video to match poses against."""
     progress: bool = True
@@ -380,6 +382,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     report["overlap"] = split is not None
     report["split_steps"] = apart
     report["priority_lowered_at"] = watch.lowered_at if watch is not None else None
+    report["steps_busy"] = None if watch is None or watch.busy is None else round(watch.busy, 3)
     if options.report is not None:
         from stream.reports import write_json
 

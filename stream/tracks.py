@@ -222,6 +222,7 @@ class ProcessorTrack(WorkerTrack):
         self._inflight: set[concurrent.futures.Future[Frame]] = set()
         self._local = threading.local()
         self._threads: set[int] = set()  # native ids of the threads that ran fn
+        self._clocks: list[int] = []  # their CPU-time clocks, where there are such clocks
         self._threads_lock = threading.Lock()
         self._nice: int | None = None
 
@@ -240,13 +241,30 @@ class ProcessorTrack(WorkerTrack):
             _renice(tid, nice)
         return True
 
+    def thread_cpu_seconds(self) -> list[float]:
+        """CPU seconds each thread that ran ``fn`` has used so far (its whole life, ``fn`` or not: this track's
+        own executor runs nothing else); empty where threads have no clock of their own (not POSIX)."""
+        with self._threads_lock:
+            clocks = list(self._clocks)
+        out = []
+        for clock in clocks:
+            with contextlib.suppress(OSError):  # a thread that has ended
+                out.append(time.clock_gettime(clock))
+        return out
+
     def _run(self, frame: Frame) -> Frame:
         self._local.inside = True
         if not getattr(self._local, "seen", False):  # a thread's first frame
             self._local.seen = True
             tid = threading.get_native_id()
+            clock = None
+            if hasattr(time, "pthread_getcpuclockid"):
+                with contextlib.suppress(OSError):
+                    clock = time.pthread_getcpuclockid(threading.get_ident())
             with self._threads_lock:
                 self._threads.add(tid)
+                if clock is not None:
+                    self._clocks.append(clock)
                 nice = self._nice
             if nice is not None:
                 _renice(tid, nice)

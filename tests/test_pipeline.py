@@ -247,20 +247,26 @@ async def test_lower_priority_reaches_the_worker_threads_and_no_other():
 
 
 class FakeSteps:
-    """Stands in for the processing tracks: records the niceness it was asked for."""
+    """Stands in for the processing tracks: records the niceness it was asked for; its one thread is busy
+    ``busy_at(frame)`` of each frame's 10 ms (none: no CPU clocks)."""
 
-    def __init__(self, can: bool = True) -> None:
+    def __init__(self, can: bool = True, busy_at: Callable[[int], float] | None = None) -> None:
         self.asked: list[int] = []
         self.can = can
+        self.busy_at = busy_at
+        self.cpu = 0.0
 
     def lower_priority(self, nice: int) -> bool:
         self.asked.append(nice)
         return self.can
 
+    def thread_cpu_seconds(self) -> list[float]:
+        return [] if self.busy_at is None else [self.cpu]
+
 
 def watch_frames(fill_at: Callable[[int], float], steps: FakeSteps) -> tuple[YieldToEncoder, list[int]]:
-    """A watcher (warm-up 10 frames, window 20) over 200 frames whose encoder queue is ``fill_at(index)``
-    full at each; also the frames at which it read the fill."""
+    """A watcher (warm-up 10 frames, window 20) over 200 frames of 10 ms whose encoder queue is
+    ``fill_at(index)`` full at each; also the frames at which it read the fill."""
     read: list[int] = []
     now = 0
 
@@ -268,9 +274,11 @@ def watch_frames(fill_at: Callable[[int], float], steps: FakeSteps) -> tuple[Yie
         read.append(now)
         return fill_at(now)
 
-    watch = YieldToEncoder(fill, [steps], start=10, window=20, nice=7)
+    watch = YieldToEncoder(fill, [steps], start=10, window=20, nice=7, clock=lambda: now * 0.01)
     for frame in numbered_frames(200):
         now = frame.index
+        if steps.busy_at is not None:
+            steps.cpu += 0.01 * steps.busy_at(now)
         watch(frame)
     return watch, read
 
@@ -294,6 +302,37 @@ def test_yield_to_encoder_lowers_the_steps_only_when_the_queue_is_full_nearly_th
     assert watch.lowered_at == lowered_at
     assert steps.asked == ([] if lowered_at is None else [7])
     assert len(read) == (190 if lowered_at is None else lowered_at - 9)
+
+
+@pytest.mark.parametrize(("busy_at", "lowered_at", "busy"), [
+    (lambda i: 0.3, 67, 0.3),  # the steps need under half a core: lowered, they still keep up in the gaps
+    (lambda i: 0.6, None, 0.6),  # they need more: lowered, they would set the pace; left alone
+    # From frame 100 on they need less: lowered once the window's share is down to max_busy (0.45).
+    (lambda i: 0.6 if i < 100 else 0.4, 115, (4 * 0.6 + 16 * 0.4) / 20),
+])
+def test_yield_to_encoder_leaves_steps_that_need_much_of_a_core(busy_at, lowered_at, busy):
+    steps = FakeSteps(busy_at=busy_at)
+    watch, _ = watch_frames(lambda i: 1.0 if i >= 50 else 0.25, steps)
+    assert watch.lowered_at == lowered_at
+    assert steps.asked == ([] if lowered_at is None else [7])
+    assert watch.busy == pytest.approx(busy)
+
+
+async def test_processor_track_reports_its_threads_cpu_time():
+    def burn(frame: Frame) -> Frame:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.02:
+            pass
+        return frame
+
+    track = ProcessorTrack(ListSource(numbered_frames(3)), burn, name="b")
+    assert track.thread_cpu_seconds() == []  # no thread has run a frame yet
+    cpu: list[list[float]] = []  # read as each frame comes out, while the thread lives
+    await run_pipeline(track, MemorySink(), on_frame=lambda f: cpu.append(track.thread_cpu_seconds()))
+    if not hasattr(time, "pthread_getcpuclockid"):
+        assert cpu[-1] == []
+        return
+    assert len(cpu[-1]) == 1 and cpu[-1][0] >= 0.059  # one thread, the 3 frames' 60 ms of CPU at least
 
 
 def test_yield_to_encoder_stops_watching_where_threads_have_no_priority_of_their_own():

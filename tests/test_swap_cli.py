@@ -356,6 +356,7 @@ def test_processing_yields_to_the_encoder_only_when_the_encoder_sets_the_pace(tm
         assert runs[name]["frames"] == 160 and runs[name]["frames_modified"] > 150
     assert 60 + 45 <= runs["slow"]["priority_lowered_at"] < 160
     assert runs["fast"]["priority_lowered_at"] is None and runs["off"]["priority_lowered_at"] is None
+    assert 0 < runs["slow"]["steps_busy"] <= 0.45 and runs["off"]["steps_busy"] is None  # under max_busy
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's thread keeps its priority
 
 

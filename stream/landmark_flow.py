@@ -69,12 +69,11 @@ _PATCH_PAD = 0.2  # patch margin around a region's points, in face heights
 _SPREAD = 0.1  # reach (Gaussian sigma, face heights) of a tracked point's residual motion
 _SPREAD_FLOOR = 0.05  # total weight below which a mesh point keeps the affine motion alone
 _LK_WIN = (11, 11)
-# One pyramid level above the crop: the search starts where the face's last velocity puts each point, so
-# what is left to find is small. Against 2 levels, on the demo clip, camera-like and panned footage (mesh
-# every 10 frames, against meshing every frame): 95 % of points within 0.327 / 0.430 / 0.607 % of the face
-# height (0.329 / 0.431 / 0.606 % with 2), the same 29 network runs in 300 frames, and each propagation
-# 0.91 -> 0.82, 1.12 -> 0.89 and 1.39 -> 0.90 ms of CPU.
-_LK_LEVELS = 1
+# Two pyramid levels above the crop. One is 10-35 % cheaper a propagation with the same drift against meshing
+# every frame, but the mesh then moves a little less affinely over several frames where the head turns fastest:
+# faces carried by the patch carry (stages.carry) came 2 dB further from the stages' own result (10th
+# percentile 40.8 -> 38.6 dB on the demo clip).
+_LK_LEVELS = 2
 _LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03)
 
 

@@ -153,11 +153,11 @@ class YieldToEncoder:
         self._recent: deque[bool] = deque(maxlen=window)
         self._full = 0  # True values in _recent
         # (wall time, CPU seconds of each step thread) per watched frame, to measure the window's busy share
-        self._clock: deque[tuple[float, list[float]]] = deque(maxlen=window + 1)
+        self._cpu_marks: deque[tuple[float, list[float]]] = deque(maxlen=window + 1)
 
     def _busiest(self) -> float | None:
         """The largest share of the window's wall time a step thread spent on a CPU."""
-        (w0, c0), (w1, c1) = self._clock[0], self._clock[-1]
+        (w0, c0), (w1, c1) = self._cpu_marks[0], self._cpu_marks[-1]
         if w1 <= w0 or not c1 or len(c0) != len(c1):
             return None
         return max(b - a for a, b in zip(c0, c1, strict=True)) / (w1 - w0)
@@ -173,7 +173,7 @@ class YieldToEncoder:
         full = self.fill() >= 1.0
         self._recent.append(full)
         self._full += full
-        self._clock.append((self.clock(), [c for t in self.tracks for c in t.thread_cpu_seconds()]))
+        self._cpu_marks.append((self.clock(), [c for t in self.tracks for c in t.thread_cpu_seconds()]))
         if len(self._recent) < self.window:
             return
         self.busy = self._busiest()

@@ -242,8 +242,9 @@ class ProcessorTrack(WorkerTrack):
         return True
 
     def thread_cpu_seconds(self) -> list[float]:
-        """CPU seconds each thread that ran ``fn`` has used so far (its whole life, ``fn`` or not: this track's
-        own executor runs nothing else); empty where threads have no clock of their own (not POSIX)."""
+        """CPU seconds each thread that ran ``fn`` has used so far, over its whole life (an executor of the
+        track's own runs nothing else; a shared one's threads count what else they ran too); empty where
+        threads have no CPU clock of their own."""
         with self._threads_lock:
             clocks = list(self._clocks)
         out = []

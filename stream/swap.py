@@ -383,6 +383,8 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
     report["split_steps"] = apart
     report["priority_lowered_at"] = watch.lowered_at if watch is not None else None
     report["steps_busy"] = None if watch is None or watch.busy is None else round(watch.busy, 3)
+    # Faces whose swap was carried from a recent frame (stream.stages.carry) rather than made by every stage.
+    report["faces_carried"] = chain.carry.counters["reused"] if stages and chain.carry is not None else None
     if options.report is not None:
         from stream.reports import write_json
 

@@ -175,6 +175,8 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
         assert key in report
     assert report["frames_with_faces"] >= 12
     assert {"decode", "track"} <= set(report["ms_per_frame"])
+    # The patch carry took some faces, never more than there were; the others went through the stages.
+    assert 0 < report["faces_carried"] < report["face_detections"]
     # A fresh process whose largest phase is the run: its peak is the kernel's mark, above where it began.
     memory = report["memory"]
     assert memory["peak_exact"] is True and memory["rss_peak_mib"] > memory["rss_start_mib"] > 0

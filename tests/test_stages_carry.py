@@ -93,6 +93,27 @@ def test_the_stages_run_when_the_target_did_not_just_move_with_the_face(change: 
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("seam_tolerance", [None, 1e9])
+def test_something_crossing_the_paste_edge_makes_the_stages_run(seam_tolerance: float | None) -> None:
+    """A dark bar across the paste mask's soft edge at the cheek (a hand, a strand of hair) would show as a
+    seam: the seam check declines the patch. The colour check is switched off here, so that the seam check
+    alone is tested (with no seam tolerance either, the face is carried)."""
+    img, lm = astronaut()
+    carried, _ = _chains()
+    carried.carry.color_tolerance = 1e9
+    if seam_tolerance is not None:
+        carried.carry.seam_tolerance = seam_tolerance
+    _swap(carried, 0, img, lm)
+    frame_img, frame_lm = _moved(img, lm, 2.0, 1.0)
+    x, y = (int(v) for v in frame_lm[454, :2])  # the face oval at the left cheek; the paste edge runs inside it
+    cv2.rectangle(frame_img, (x - 14, y - 20), (x + 1, y + 20), (30, 25, 20), -1)
+    _, frame = _swap(carried, 1, frame_img, frame_lm)
+    if seam_tolerance is None:
+        assert "mesh_segment" in frame.timings and carried.carry.counters["reused"] == 0
+    else:
+        assert "mesh_segment" not in frame.timings and carried.carry.counters["reused"] == 1
+
+
 def test_set_source_forgets_the_patches() -> None:
     img, lm = astronaut()
     carried, _ = _chains()

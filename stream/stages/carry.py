@@ -118,23 +118,20 @@ class PatchCarry:
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         rest = cv2.warpAffine(patch.rest, a, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         alpha = np.ascontiguousarray(rest[..., 3])
-        band = cv2.inRange(alpha, _BAND[0], _BAND[1]) > 0
-        if not band.any():
-            return None
         # The checks read every other pixel each way (a quarter of the work): what they measure, a mean colour
         # and a seam's miss averaged over stretches of 1/8 of the face, hardly changes.
+        alpha2 = np.ascontiguousarray(alpha[::2, ::2])
+        edge = cv2.inRange(alpha2, _BAND[0], _BAND[1]) > 0
+        if not edge.any():  # no soft edge, or one too thin to show at half size: let the stages run
+            return None
         half = a.copy()
         half[:, :2] *= 2  # pixel (u, v) of the half-size window is (2u, 2v) of the window
         then = cv2.warpAffine(patch.target, half, ((size[0] + 1) // 2, (size[1] + 1) // 2), flags=flags,
                               borderMode=cv2.BORDER_REPLICATE)
         now = np.ascontiguousarray(work.image[y0:y1:2, x0:x1:2])
-        alpha2 = np.ascontiguousarray(alpha[::2, ::2])
         # The target under the face: its mean colour drives the colour transfer.
         inner = cv2.compare(alpha2, 0.5, cv2.CMP_GT)
         if np.abs(np.subtract(cv2.mean(now, inner)[:3], cv2.mean(then, inner)[:3])).max() > self.color_tolerance:
-            return None
-        edge = cv2.inRange(alpha2, _BAND[0], _BAND[1]) > 0
-        if not edge.any():  # an edge too thin to show at half size: let the stages run
             return None
         miss = np.zeros(now.shape, np.float32)
         cv2.subtract(now, then, dst=miss, mask=edge.view(np.uint8), dtype=cv2.CV_32F)

@@ -156,11 +156,14 @@ class YieldToEncoder:
         self._cpu_marks: deque[tuple[float, list[float]]] = deque(maxlen=window + 1)
 
     def _busiest(self) -> float | None:
-        """The largest share of the window's wall time a step thread spent on a CPU."""
+        """The largest share of the window's wall time a step thread spent on a CPU; None where the steps'
+        threads have no CPU clocks. A thread that started within the window (a track's clocks are listed in
+        the order its threads started) counts all its CPU time."""
         (w0, c0), (w1, c1) = self._cpu_marks[0], self._cpu_marks[-1]
-        if w1 <= w0 or not c1 or len(c0) != len(c1):
+        if w1 <= w0 or not c1:
             return None
-        return max(b - a for a, b in zip(c0, c1, strict=True)) / (w1 - w0)
+        before = list(c0[:len(c1)]) + [0.0] * (len(c1) - len(c0))
+        return max(b - a for a, b in zip(before, c1, strict=True)) / (w1 - w0)
 
     def __call__(self, frame: Frame) -> None:
         if self._done:

@@ -243,14 +243,17 @@ class ProcessorTrack(WorkerTrack):
 
     def thread_cpu_seconds(self) -> list[float]:
         """CPU seconds each thread that ran ``fn`` has used so far, over its whole life (an executor of the
-        track's own runs nothing else; a shared one's threads count what else they ran too); empty where
-        threads have no CPU clock of their own."""
+        track's own runs nothing else; a shared one's threads count what else they ran too), in the order
+        the threads started (a thread that has ended reads 0); empty where threads have no CPU clock of
+        their own."""
         with self._threads_lock:
             clocks = list(self._clocks)
         out = []
         for clock in clocks:
-            with contextlib.suppress(OSError):  # a thread that has ended
+            try:
                 out.append(time.clock_gettime(clock))
+            except OSError:  # the thread has ended: keep the others' places
+                out.append(0.0)
         return out
 
     def _run(self, frame: Frame) -> Frame:

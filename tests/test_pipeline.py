@@ -318,6 +318,31 @@ def test_yield_to_encoder_leaves_steps_that_need_much_of_a_core(busy_at, lowered
     assert watch.busy == pytest.approx(busy)
 
 
+def test_yield_to_encoder_counts_a_step_thread_that_starts_within_the_window():
+    """A second worker thread starts at frame 35 and needs 0.9 of a core: its CPU counts from its start,
+    the busiest thread is too busy, and the steps are not lowered (the first thread alone needs 0.2)."""
+    now = 0
+
+    class TwoThreads(FakeSteps):
+        def __init__(self) -> None:
+            super().__init__(busy_at=lambda i: 0.2)
+            self.cpu2 = 0.0
+
+        def thread_cpu_seconds(self) -> list[float]:
+            return [self.cpu] + ([self.cpu2] if now >= 35 else [])
+
+    steps = TwoThreads()
+    watch = YieldToEncoder(lambda: 1.0, [steps], start=30, window=20, nice=7, clock=lambda: now * 0.01)
+    for frame in numbered_frames(100):
+        now = frame.index
+        steps.cpu += 0.002
+        if now >= 35:
+            steps.cpu2 += 0.009
+        watch(frame)
+    assert steps.asked == [] and watch.lowered_at is None
+    assert watch.busy == pytest.approx(0.9)  # the last window: the second thread throughout
+
+
 async def test_processor_track_reports_its_threads_cpu_time():
     def burn(frame: Frame) -> Frame:
         t0 = time.thread_time()

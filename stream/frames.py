@@ -435,3 +435,6 @@ class FaceWork:
     """blend: final crop, (h, w, 3) uint8 RGB."""
     alpha: np.ndarray | None = None
     """blend: (h, w) float32 in [0, 1], how much of ``output`` is pasted into the frame."""
+    recoloured: tuple[int, int, np.ndarray] | None = None
+    """blend (weight-free): ``(x0, y0, pixels)``, the colour-corrected foreground (uint8 RGB) over the window
+    at ``(x0, y0)`` of the crop that the blend worked in, for a later step that needs it again."""

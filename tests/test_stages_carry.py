@@ -114,6 +114,35 @@ def test_something_crossing_the_paste_edge_makes_the_stages_run(seam_tolerance: 
         assert "mesh_segment" not in frame.timings and carried.carry.counters["reused"] == 1
 
 
+def test_the_patch_takes_the_blends_recoloured_face_instead_of_recolouring_again(monkeypatch) -> None:
+    """Keeping a patch reuses the colour transfer the blend just applied (no second pass); the carried
+    frame comes out as when the patch recolours the face itself."""
+    from stream.stages.carry import PatchCarry
+
+    img, lm = astronaut()
+    frame_img, frame_lm = _moved(img, lm, 2.0, 1.0)
+    results, calls = [], []
+    for reuse_blends in (True, False):
+        carried, _ = _chains()
+        make = carried.carry.recolour
+
+        def counting(work, make=make, tag=reuse_blends):
+            fn = make(work)
+            return None if fn is None else (lambda rgb: calls.append(tag) or fn(rgb))
+
+        carried.carry.recolour = counting
+        if not reuse_blends:
+            monkeypatch.setattr(PatchCarry, "_recoloured", staticmethod(
+                lambda work, fg, recolour, x, y, w, h: recolour(np.rint(fg[y:y + h, x:x + w]).astype(np.uint8))))
+        _swap(carried, 0, img, lm)
+        got, frame = _swap(carried, 1, frame_img, frame_lm)
+        assert "mesh_segment" not in frame.timings
+        results.append(got)
+    assert calls.count(True) == 1  # the carried frame's own recolour only; none when the patch was kept
+    assert calls.count(False) == 2
+    assert np.array_equal(results[0], results[1])
+
+
 def test_set_source_forgets_the_patches() -> None:
     img, lm = astronaut()
     carried, _ = _chains()

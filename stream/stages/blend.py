@@ -347,6 +347,7 @@ class MeshBlender:
         fingerprint = np.array(cv2.mean(bg8)[:3], np.float32)
         if self.color != "none":
             fg8 = self._recolour(work, fg8, m, cov, bg8, fingerprint)
+        work.recoloured = (x0, y0, fg8)
         # Beyond the warped/filled face the source has nothing: the target shows there, so blurred
         # bands and the solver see a continuous image. Inside the paste region ``valid`` is 1.
         valid = (face > 0).astype(np.float32)

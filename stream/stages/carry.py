@@ -170,12 +170,23 @@ class PatchCarry:
         win = (slice(y, y + h), slice(x, x + w))
         output = work.output[win].copy()
         alpha = work.alpha[win]
-        added = cv2.subtract(output, recolour(to_uint8(fg[win])), dtype=cv2.CV_32F)
+        added = cv2.subtract(output, self._recoloured(work, fg, recolour, x, y, w, h), dtype=cv2.CV_32F)
         added[alpha <= 0] = 0  # the target there, not the blend's: nothing to carry
         rest = cv2.merge((added, alpha))
         corner = (work.crop.origin[0] + x, work.crop.origin[1] + y)
         patch = _Patch(rest, output, work.image[win].copy(), corner, recolour)
         self.patches.put(self._key(work), work.frame_index, work.target.landmarks, patch)
+
+    @staticmethod
+    def _recoloured(work: FaceWork, fg: np.ndarray, recolour: Recolour, x: int, y: int, w: int,
+                    h: int) -> np.ndarray:
+        """``recolour`` of ``fg``'s box ``(x, y, w, h)``: what the blend made of it when its window holds the
+        box (it does for the weight-free blend), else computed again."""
+        if work.recoloured is not None:
+            rx, ry, pixels = work.recoloured
+            if rx <= x and ry <= y and x + w <= rx + pixels.shape[1] and y + h <= ry + pixels.shape[0]:
+                return pixels[y - ry:y - ry + h, x - rx:x - rx + w]
+        return recolour(to_uint8(fg[y:y + h, x:x + w]))
 
     def clear(self) -> None:
         """Forget every patch (a new source, the end of a stream)."""

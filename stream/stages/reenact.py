@@ -43,9 +43,8 @@ class PreparedSource:
     """A source face made ready for warping (built once per source)."""
 
     levels: tuple[np.ndarray, ...]
-    """float32 RGB crops around the face; ``levels[k]`` is downscaled by ``2**k``."""
-    levels8: tuple[np.ndarray, ...]
-    """The same, rounded to uint8 (what an 8-bit warp samples)."""
+    """RGB crops around the face, float32 (uint8, rounded, for an eight-bit warp); ``levels[k]`` is
+    downscaled by ``2**k``."""
     points: np.ndarray
     """(504, 3) extended mesh points in ``levels[0]`` pixels."""
     valid: np.ndarray
@@ -127,10 +126,11 @@ class MeshWarpReenactor:
             :class:`~stream.stages.temporal.AffineMemo`. The source is still sampled afresh every
             frame, so the result keeps its sharpness.
         reuse_tolerance: largest landmark residual (pixels) of that affine motion.
-        eight_bit: sample uint8 copies of the source levels into a uint8 ``reenacted`` (what every later
+        eight_bit: sample the source levels rounded to uint8 into a uint8 ``reenacted`` (what every later
             stage of the weight-free chain rounds it to anyway) instead of float32: a quarter of the memory
             read and written per face and frame. The default chain's choice: its stages took 2.18-2.26 ->
-            2.06-2.12 ms a frame on the demo clip (the two chains interleaved frame by frame, 2 runs).
+            2.06-2.12 ms a frame on the demo clip (the two chains interleaved frame by frame, 2 runs). Sources
+            are prepared in that dtype only (a source video's bank holds levels for every frame it keeps).
         name: the stage's name in timings.
     """
 
@@ -180,8 +180,9 @@ class MeshWarpReenactor:
         for k in range(len(levels)):
             f = 2.0 ** k
             corners.append(_corners((pts[:, :2] + 0.5) / f - 0.5, self._tris))
-        return PreparedSource(tuple(levels), tuple(to_uint8(lv) for lv in levels), pts, self._usable(pts, size), size,
-                              tuple(corners))
+        if self.eight_bit:  # only what the warp samples is kept (a source video's bank holds one per frame)
+            levels = [to_uint8(lv) for lv in levels]
+        return PreparedSource(tuple(levels), pts, self._usable(pts, size), size, tuple(corners))
 
     def _usable(self, pts: np.ndarray, size: float) -> np.ndarray:
         tris = self._tris
@@ -316,12 +317,12 @@ class MeshWarpReenactor:
     def process(self, faces: Sequence[FaceWork]) -> None:
         for work in faces:
             h, w = work.image.shape[:2]
-            out = np.zeros((h, w, 3), np.uint8 if self.eight_bit else np.float32)
+            levels = self._lookup(work.source).levels
+            out = np.zeros((h, w, 3), levels[0].dtype)  # the dtype the source was prepared in
             coverage = np.zeros((h, w), np.float32)
             wm = self.dense_map(work)
             if wm is not None:
-                prepared = self._lookup(work.source)
-                src = (prepared.levels8 if self.eight_bit else prepared.levels)[wm.level]
+                src = levels[wm.level]
                 ph, pw = wm.planes.shape[:2]
                 # Uncovered pixels hold no source (no folded or out-of-image samples leak on): send
                 # them outside the image, where remap's constant border writes 0. (Into a copy: the

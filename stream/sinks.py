@@ -16,8 +16,10 @@ A :class:`VideoFileSink` writes what a :class:`~stream.sources.VideoFileSource` 
   source's :class:`~stream.sources.PacketChannel` (no re-encode; ``pts``/``dts``/``duration`` kept).
   Fonts attached to a Matroska input are kept in a Matroska output. A QuickTime timecode track keeps
   its start timecode (the video stream's ``timecode`` tag, from which MP4/MOV write the track anew);
-  other data streams (GPS...) are not copied (a warning says so). A copied stream that the output
-  container cannot hold (e.g. ``mov_text`` subtitles into Matroska, AAC into WebM) is refused with an
+  other data streams (GPS...) are not copied (a warning says so). Audio of one or two channels whose
+  layout the input leaves unnamed (PCM in AVI) is named mono or stereo, which MP4 needs to hold PCM; its
+  packets are copied unchanged. A copied stream that the output container cannot hold (e.g.
+  ``mov_text`` subtitles into Matroska, AAC into WebM) is refused with an
   :class:`~stream.exceptions.OutputError` when the sink is created, naming the stream and the
   containers that can take it; nothing is converted silently. (The MP4 muxer fills the gaps
   between ``mov_text`` cues with empty samples of its own; the cues themselves are unchanged.)
@@ -282,6 +284,23 @@ def _describe(stream: Stream) -> str:
     return f"{_codec_name(stream)} {stream.type} stream #{stream.index}"
 
 
+# What an audio stream of 1 or 2 channels with no named layout (PCM in AVI or WAV, say) is taken to be, as
+# FFmpeg's own tools guess: the MP4 muxer writes no PCM track without a layout ("unsupported channel layout").
+_GUESSED_LAYOUTS = {1: "mono", 2: "stereo"}
+
+
+def _add_copy(container: OutputContainer, template: Stream) -> Stream:
+    """A stream of ``container`` that takes ``template``'s packets unchanged (``add_stream_from_template``);
+    an audio stream of 1 or 2 unnamed channels gets its conventional layout named (the samples are the same)."""
+    out = container.add_stream_from_template(template, opaque=True)
+    if template.type == "audio":
+        layout = template.codec_context.layout
+        guess = _GUESSED_LAYOUTS.get(layout.nb_channels)
+        if guess is not None and all(c.name == "NONE" for c in layout.channels):
+            out.codec_context.layout = guess
+    return out
+
+
 class VideoFileSink:
     """Encodes frames of ``source`` into ``path``; see the module docstring.
 
@@ -481,7 +500,7 @@ class VideoFileSink:
                                self.path, _describe(src))
                 continue
             try:
-                out = self._container.add_stream_from_template(src, opaque=True)
+                out = _add_copy(self._container, src)
             except ValueError as exc:
                 raise OutputError(
                     f"{self.path.suffix} files cannot hold the {_describe(src)} of {self.source.path} "
@@ -503,7 +522,8 @@ class VideoFileSink:
         """Mux the first packet of each copied stream into an in-memory file of this format and finish it.
 
         Some pairs of container and codec pass the header and fail only when the file is finished (PCM
-        audio in MP4: "unsupported channel layout"), which would be after the whole run.
+        audio of more than 2 unnamed channels in MP4: "unsupported channel layout"), which would be after the
+        whole run.
         """
         wanted = set(self._copy_map)  # attachments are copied with the header, not as packets
         if not wanted:
@@ -526,7 +546,7 @@ class VideoFileSink:
                     for index, packet in firsts.items():
                         try:
                             with av.open(io.BytesIO(), "w", format=self._container.format.name) as probe:
-                                packet.stream = probe.add_stream_from_template(src.streams[index])
+                                packet.stream = _add_copy(probe, src.streams[index])
                                 probe.start_encoding()
                                 probe.mux(packet)
                         except (av.FFmpegError, ValueError) as exc:

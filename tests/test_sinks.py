@@ -269,38 +269,57 @@ async def test_codec_the_container_cannot_hold_is_refused(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mkv"]
 
 
-def _avi_with_stereo_pcm(path: Path, frames: int = 5) -> Path:
-    """H.264 + 16-bit stereo PCM in AVI, which stores no channel order (as cameras and old captures do)."""
+def _clip_with_pcm(path: Path, layout: str, frames: int = 5) -> Path:
+    """H.264 + 16-bit PCM of ``layout`` ("2c": two channels with no named layout, as AVI stores stereo, the
+    way cameras and old captures write it; "3c": three unnamed channels, which Matroska keeps unnamed)."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=30, options={"crf": "12", "preset": "ultrafast"})
         video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
-        audio = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
+        audio = out.add_stream("pcm_s16le", rate=48000, layout=layout)
+        channels = audio.codec_context.layout.nb_channels
         for i in range(frames):
             vf = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 40 * i, np.uint8), format="rgb24")
             vf.pts, vf.time_base = i, Fraction(1, 30)
             out.mux(video.encode(vf))
         out.mux(video.encode(None))
         tone = (np.sin(np.arange(1600) / 8) * 8000).astype(np.int16)
-        af = av.AudioFrame.from_ndarray(np.stack([tone, tone]).reshape(1, -1), format="s16", layout="stereo")
+        af = av.AudioFrame.from_ndarray(np.stack([tone] * channels).T.reshape(1, -1), format="s16", layout=layout)
         af.sample_rate, af.pts = 48000, 0
         out.mux(audio.encode(af))
         out.mux(audio.encode(None))
     return path
 
 
+def _audio_layout(path: Path) -> str:
+    with av.open(str(path)) as c:
+        return c.streams.audio[0].codec_context.layout.name
+
+
 async def test_a_copy_the_container_would_fail_to_finish_is_refused_before_the_run(tmp_path: Path) -> None:
-    # MP4's muxer takes this PCM stream's header and fails only when it finishes the file ("unsupported
-    # channel layout"): after the whole run. Found from a first packet, up front.
-    clip = _avi_with_stereo_pcm(tmp_path / "cam.avi")
+    # MP4's muxer takes the header of PCM with three unnamed channels and fails only when it finishes the file
+    # ("unsupported channel layout"): after the whole run. Found from a first packet, up front.
+    clip = _clip_with_pcm(tmp_path / "cam.mkv", "3c")
+    assert _audio_layout(clip) == "3 channels"
     source = VideoFileSource(clip)
     try:
         with pytest.raises(OutputError, match=r"\.mp4 files cannot hold the pcm_s16le audio stream #1 .*layout"):
             VideoFileSink(tmp_path / "out.mp4", source)
     finally:
         source.stop()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.avi"]
-    await transcode(clip, tmp_path / "out.mov")  # MOV holds it: copied as it is
-    assert stream_packets(tmp_path / "out.mov", "audio") == stream_packets(clip, "audio")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.mkv"]
+    await transcode(clip, tmp_path / "out.mov")  # MOV holds it: the same samples (its demuxer cuts PCM anew)
+    assert b"".join(p[3] for p in stream_packets(tmp_path / "out.mov", "audio")) == \
+        b"".join(p[3] for p in stream_packets(clip, "audio"))
+
+
+async def test_unnamed_stereo_pcm_is_copied_into_mp4_as_stereo(tmp_path: Path) -> None:
+    # AVI stores two channels without their layout; MP4 writes PCM only with one. Two unnamed channels are
+    # stereo (as FFmpeg's tools take them): the packets go in unchanged, the layout named.
+    clip = _clip_with_pcm(tmp_path / "cam.avi", "stereo")
+    assert _audio_layout(clip) == "2 channels"
+    await transcode(clip, tmp_path / "out.mp4")
+    assert stream_packets(tmp_path / "out.mp4", "audio") == stream_packets(clip, "audio")
+    assert _audio_layout(tmp_path / "out.mp4") == "stereo"
 
 
 # -- metadata --------------------------------------------------------------------------------------

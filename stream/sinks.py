@@ -18,8 +18,11 @@ A :class:`VideoFileSink` writes what a :class:`~stream.sources.VideoFileSource` 
   its start timecode (the video stream's ``timecode`` tag, from which MP4/MOV write the track anew);
   other data streams (GPS...) are not copied (a warning says so). Audio of one or two channels whose
   layout the input leaves unnamed (PCM in AVI) is named mono or stereo, which MP4 needs to hold PCM; its
-  packets are copied unchanged. A copied stream that the output container cannot hold (e.g.
-  ``mov_text`` subtitles into Matroska, AAC into WebM) is refused with an
+  packets are copied unchanged. An audio stream that carries no packet (a recorder's silent audio PID in a
+  transport stream) is left out with a warning: nothing in it to keep, and no container takes it without
+  its rate and channels; the source reads up to 2 minutes in for audio that starts late. A copied
+  stream that the output container cannot hold (e.g. ``mov_text`` subtitles into Matroska, AAC into
+  WebM) is refused with an
   :class:`~stream.exceptions.OutputError` when the sink is created, naming the stream and the
   containers that can take it; nothing is converted silently. (The MP4 muxer fills the gaps
   between ``mov_text`` cues with empty samples of its own; the cues themselves are unchanged.)
@@ -529,8 +532,8 @@ class VideoFileSink:
         if not wanted:
             return
         try:
-            src = av.open(str(self.source.path))
-        except (av.FFmpegError, OSError):
+            src = self.source.reopen()
+        except (FacestreamError, av.FFmpegError, OSError):
             return  # best effort: the run itself reports what it meets
         with src:
             firsts: dict[int, av.Packet] = {}

@@ -225,10 +225,15 @@ def _first_partial_samples(container: InputContainer, path: Path) -> dict[int, i
     return out
 
 
-def _open_input(path: Path) -> InputContainer:
-    """``av.open`` with FFmpeg's errors turned into facestream's."""
+# How far FFmpeg reads into a file to learn a stream's parameters when its defaults (5 MB, 5 s) left one
+# without them: a transport stream whose audio starts late.
+_LONG_PROBE = MappingProxyType({"probesize": str(256 << 20), "analyzeduration": str(120 * 1_000_000)})
+
+
+def _open_input(path: Path, options: Mapping[str, str] | None = None) -> InputContainer:
+    """``av.open`` (with format ``options``) with FFmpeg's errors turned into facestream's."""
     try:
-        return av.open(str(path), mode="r", metadata_errors="replace")
+        return av.open(str(path), mode="r", metadata_errors="replace", options=dict(options or {}))
     except av.error.FileNotFoundError as exc:
         raise InputNotFoundError(f"input not found: {path}") from exc
     except av.error.PermissionError as exc:
@@ -634,6 +639,14 @@ def _join(thread: threading.Thread, timeout: float) -> None:
             time.sleep(0.001)
 
 
+def _unknown_audio(stream: Stream) -> bool:
+    """An audio stream whose sample rate or channel count the container did not give."""
+    if stream.type != "audio":
+        return False
+    ctx = stream.codec_context
+    return not ctx.sample_rate or not ctx.layout.nb_channels
+
+
 class VideoFileSource(FrameTrack):
     """A video file as a :class:`FrameTrack`; decoding runs in a thread of its own.
 
@@ -656,13 +669,25 @@ class VideoFileSource(FrameTrack):
         """Set once a cut streaming file has been decoded up to its cut (a warning is logged)."""
         self.frames_decoded = 0
         self._handoff: Handoff[Frame] = Handoff(queue_size, "keep_latest" if realtime else "block")
+        self._open_options: Mapping[str, str] | None = None
         self._container = _open_input(self.path)
+        if any(_unknown_audio(s) for s in self._container.streams):
+            self._container.close()  # read further for the missing parameters
+            self._open_options = _LONG_PROBE
+            self._container = self.reopen()
         self._video: VideoStream = self._container.streams[self.info.video_index]
         self._video.thread_type = "AUTO"
         skipped = [s for s in self._container.streams
                    if s.index != self._video.index and s.disposition & Disposition.attached_pic]
         for s in skipped:
             logger.warning("%s: not copying stream #%d (cover art)", self.path, s.index)
+        for s in self._container.streams:
+            if _unknown_audio(s):
+                # Declared but without a packet in the first 2 minutes (a transport stream's silent audio PID):
+                # no container can hold it without its rate and channels, and there is nothing in it to keep.
+                logger.warning("%s: not copying %s audio stream #%d: no packet tells its sample rate and channels",
+                               self.path, s.codec_context.name, s.index)
+                skipped.append(s)
         self.copy_streams: tuple[Stream, ...] = tuple(
             s for s in self._container.streams if s.index != self._video.index and s not in skipped)
         """The input's other streams, which a sink may copy packet for packet (see
@@ -671,6 +696,11 @@ class VideoFileSource(FrameTrack):
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+
+    def reopen(self) -> InputContainer:
+        """The input opened again, as this source opened it (streams with the same parameters), for a reader
+        of its own; the caller closes it."""
+        return _open_input(self.path, self._open_options)
 
     @property
     def video_stream(self) -> VideoStream:

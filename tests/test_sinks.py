@@ -322,6 +322,51 @@ async def test_unnamed_stereo_pcm_is_copied_into_mp4_as_stereo(tmp_path: Path) -
     assert _audio_layout(tmp_path / "out.mp4") == "stereo"
 
 
+def _ts_with_audio_from(path: Path, start: float | None, seconds: float) -> Path:
+    """A small H.264 + MP2 transport stream whose audio PID carries packets only from ``start`` seconds on
+    (None: never, as a recorder with its audio off writes it)."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("mp2", rate=48000, layout="stereo")
+        pos = None if start is None else round(start * 48000)
+        for i in range(round(30 * seconds)):
+            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 250, np.uint8), format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(vf))
+            while pos is not None and pos < (i + 1) * 1600 and i >= 30 * start:
+                tone = (np.sin(np.arange(1152) / 9) * 8000).astype(np.int16)
+                af = av.AudioFrame.from_ndarray(np.stack([tone, tone]).T.reshape(1, -1), format="s16", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48000, pos, Fraction(1, 48000)
+                pos += 1152
+                out.mux(audio.encode(af))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return path
+
+
+async def test_an_audio_stream_without_packets_is_left_out_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Its rate and channels are unknown, so no container takes it: it used to fail the whole run.
+    clip = _ts_with_audio_from(tmp_path / "rec.ts", None, 1.0)
+    with caplog.at_level(logging.WARNING, logger="stream.sources"):
+        await transcode(clip, tmp_path / "out.mkv")
+    assert "not copying mp3float audio stream #1: no packet tells its sample rate and channels" in caplog.text
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+        assert sum(1 for _ in c.decode(video=0)) == 30
+
+
+async def test_audio_that_starts_late_in_a_transport_stream_is_copied(tmp_path: Path) -> None:
+    # FFmpeg's default probe (5 s) ends before the first audio packet; the source reads further for it.
+    clip = _ts_with_audio_from(tmp_path / "rec.ts", 20.0, 21.0)
+    with av.open(str(clip)) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 0  # what the default probe finds
+    await transcode(clip, tmp_path / "out.mkv")
+    assert b"".join(p[3] for p in stream_packets(tmp_path / "out.mkv", "audio")) == \
+        b"".join(p[3] for p in stream_packets(clip, "audio"))
+
+
 # -- metadata --------------------------------------------------------------------------------------
 
 

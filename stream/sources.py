@@ -684,7 +684,7 @@ class VideoFileSource(FrameTrack):
         for s in self._container.streams:
             if _unknown_audio(s):
                 # Declared but without a packet in the first 2 minutes (a transport stream's silent audio PID):
-                # no container can hold it without its rate and channels, and there is nothing in it to keep.
+                # no container can hold it without its rate and channels (audio starting later still is lost).
                 logger.warning("%s: not copying %s audio stream #%d: no packet tells its sample rate and channels",
                                self.path, s.codec_context.name, s.index)
                 skipped.append(s)

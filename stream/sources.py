@@ -244,7 +244,8 @@ def _open_input(path: Path, options: Mapping[str, str] | None = None) -> InputCo
             # Cut inside a fragment's header, which FFmpeg will not open past: read the whole fragments
             # before it (probing finds the cut from the boxes and says so).
             try:
-                return av.open(_FilePrefix(path, fragments.whole_end), mode="r", metadata_errors="replace")
+                return av.open(_FilePrefix(path, fragments.whole_end), mode="r", metadata_errors="replace",
+                               options=dict(options or {}))
             except av.FFmpegError:
                 pass
         if fragments is not None and fragments.cut:

@@ -270,8 +270,8 @@ async def test_codec_the_container_cannot_hold_is_refused(tmp_path: Path) -> Non
 
 
 def _clip_with_pcm(path: Path, layout: str, frames: int = 5) -> Path:
-    """H.264 + 16-bit PCM of ``layout`` ("2c": two channels with no named layout, as AVI stores stereo, the
-    way cameras and old captures write it; "3c": three unnamed channels, which Matroska keeps unnamed)."""
+    """H.264 + 16-bit PCM of ``layout`` into ``path``'s container. AVI stores stereo without naming its
+    layout (as cameras and old captures write it); "3c" is three unnamed channels, which Matroska keeps so."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=30, options={"crf": "12", "preset": "ultrafast"})
         video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"

@@ -12,7 +12,7 @@ A :class:`VideoFileSink` writes what a :class:`~stream.sources.VideoFileSource` 
 - **Unmodified frames** (``frame.modified`` is false) are encoded from the decoded
   :class:`av.VideoFrame` itself, with no RGB round trip; modified ones are converted back from RGB
   with the input's colour matrix and range, the inverse of what the source did.
-- **Copied streams.** Audio, subtitles and extra video streams are remuxed packet for packet from the
+- **Copied streams.** Audio, subtitles and extra video streams (unprocessed) are remuxed packet for packet from the
   source's :class:`~stream.sources.PacketChannel` (no re-encode; ``pts``/``dts``/``duration`` kept).
   Fonts attached to a Matroska input are kept in a Matroska output. A QuickTime timecode track keeps
   its start timecode (the video stream's ``timecode`` tag, from which MP4/MOV write the track anew);

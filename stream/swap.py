@@ -312,6 +312,12 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
 
     split = overlap_chain(options, chain) if stages else None
     source = VideoFileSource(options.input)
+    # Further video streams are copied as they are (nothing is lost), faces and all: say so, since the output
+    # is no longer swapped throughout (multi-track recordings carry the same picture at other bitrates).
+    unswapped = [s.index for s in source.copy_streams if s.type == "video"]
+    for index in unswapped:
+        logger.warning("%s: video stream #%d is copied unchanged: only stream #%d has its faces swapped",
+                       options.input, index, source.info.video_index)
     sink: VideoFileSink | ImageFileSink | None = None
     try:
         # The output before the tracker: a container that cannot hold a stream fails before MediaPipe starts.
@@ -379,6 +385,7 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
         if piped is not None:
             await piped.aclose()  # nothing left running on the device when the job returns
     report = build_report(options, stats, bank, setup_seconds, truncated=bool(getattr(source, "truncated", False)))
+    report["unswapped_video_streams"] = unswapped
     report["overlap"] = split is not None
     report["split_steps"] = apart
     report["priority_lowered_at"] = watch.lowered_at if watch is not None else None

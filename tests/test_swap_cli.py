@@ -187,6 +187,33 @@ def test_faces_largest_and_report(media, swapped, tmp_path):
     assert out.exists()
 
 
+def _video_packets(path: Path, index: int) -> list[tuple[int | None, bytes]]:
+    with av.open(str(path)) as c:
+        return [(p.pts, bytes(p)) for p in c.demux(c.streams[index]) if p.size]
+
+
+def test_a_further_video_stream_is_copied_unchanged_with_a_warning(media, swapped, tmp_path):
+    # A multi-track recording: the same picture twice. Only the first is swapped; the second keeps the
+    # original face, which the user must be told (and the report says which streams).
+    assert swapped["report"]["unswapped_video_streams"] == []
+    assert "copied unchanged" not in swapped["stderr"]
+    clip = tmp_path / "two.mp4"
+    with av.open(str(media["cfr"])) as src, av.open(str(clip), "w") as out:
+        tracks = [out.add_stream_from_template(src.streams.video[0]) for _ in range(2)]
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                for track in tracks:
+                    packet.stream = track
+                    out.mux(packet)
+    out, report = tmp_path / "out.mp4", tmp_path / "report.json"
+    r = facestream("swap", "--source", media["source"], clip, "-o", out, "--report", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"{clip}: video stream #1 is copied unchanged: only stream #0 has its faces swapped" in r.stderr
+    assert json.loads(report.read_text())["unswapped_video_streams"] == [1]
+    assert _video_packets(out, 1) == _video_packets(clip, 1)
+    assert _video_packets(out, 0) != _video_packets(clip, 0)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

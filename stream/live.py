@@ -51,9 +51,9 @@ _V4L2 = re.compile(r"^/dev/video\d+$")
 def source_bank_from_image(image: np.ndarray) -> Any:
     """A :class:`~stream.stages.base.SourceBank` of the largest face in ``image`` (RGB uint8)."""
     from stream.stages.base import SourceBank
-    from stream.swap import largest_source_face
+    from stream.swap import upright_source_face
 
-    face = largest_source_face(image)
+    face = upright_source_face(image)
     if face is None:
         raise NoFaceError("no face found in the source image")
     return SourceBank([face])

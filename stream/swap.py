@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# How much higher (detector score, 0-1) a source photo's face must score turned than as it is to be turned.
+_TURN_MARGIN = 0.05
+# Shortest side (pixels) of a source photo below which a missing face is blamed on its size: a portrait that
+# small holds a face under about 24 pixels tall, which the tracker does not keep (TrackerConfig.min_face_px).
+_SMALL_SOURCE = 64
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,33 @@ def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: in
     return SourceFace(image=image, landmarks=best.landmarks, pose=best.pose, frame_index=frame_index)
 
 
+def upright_source_face(image: np.ndarray) -> SourceFace | None:
+    """The largest face of a photo (RGB uint8), in the photo turned the way up its face stands upright.
+
+    The detector finds upright faces, and a face turned away from upright (a scan, a photo whose EXIF
+    orientation was lost) is either missed or, upside down, found with a wrong mesh. So the detector scores
+    the photo as it is and turned a quarter turn either way and half a turn, and the face is meshed in the
+    turn whose face scores highest (as it is unless a turn scores clearly higher). The face's ``image`` is the
+    photo as turned; None: no face whichever way up.
+    """
+    import cv2
+
+    from stream.tracking import image_tracker
+
+    turns = {"a quarter turn clockwise": cv2.ROTATE_90_CLOCKWISE,
+             "a quarter turn counter-clockwise": cv2.ROTATE_90_COUNTERCLOCKWISE, "half a turn": cv2.ROTATE_180}
+    with image_tracker() as tracker:
+        best, best_score = "", tracker.detection_score(image) + _TURN_MARGIN
+        for name, turn in turns.items():
+            score = tracker.detection_score(np.ascontiguousarray(cv2.rotate(image, turn)))
+            if score > best_score:
+                best, best_score = name, score
+        if best:
+            logger.info("the source face stands upright with the image turned %s", best)
+            image = np.ascontiguousarray(cv2.rotate(image, turns[best]))
+        return largest_source_face(image, tracker=tracker)
+
+
 def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
     """Faces of the source person: the largest face of an image, or of about ``max_frames`` frames spread
     over a video (:func:`stream.sources.sample_video_frames`), all found by one tracker."""
@@ -162,8 +194,13 @@ def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
     from stream.tracking import image_tracker
 
     faces: list[SourceFace | None] = []
+    why = ""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        faces.append(largest_source_face(load_image(path)))
+        image = load_image(path)
+        faces.append(upright_source_face(image))
+        h, w = image.shape[:2]
+        if min(h, w) < _SMALL_SOURCE:
+            why = f" (a {w}x{h} image: too small for a face to be found; give a larger photo)"
     else:
         with image_tracker() as tracker:
             faces.extend(largest_source_face(frame.image, rotation=frame.rotation, frame_index=frame.index,
@@ -171,7 +208,7 @@ def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
                          for frame in sample_video_frames(path, max_frames))
     found = [f for f in faces if f is not None]
     if not found:
-        raise NoFaceError(f"no face found in SOURCE: {path}")
+        raise NoFaceError(f"no face found in SOURCE: {path}{why}")
     return SourceBank(found)
 
 

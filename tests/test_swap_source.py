@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from stream.demo import sample_faces
+from stream.exceptions import NoFaceError
 from stream.swap import load_source_bank
 from stream.tracking import detect_faces
 from tests.mediautil import read_frames
@@ -70,3 +72,55 @@ def test_swap_with_a_source_video(source_video: Path, tmp_path: Path):
     r = facestream("swap", "--source", source_video, clip, "-o", out, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert read_frames(out)[1] == read_frames(clip)[1]
+
+
+def _turned_points(pts: np.ndarray, size: tuple[int, int], turn: int | None) -> np.ndarray:
+    """Pixel positions ``pts`` (N, 2) of an upright image of ``size`` (w, h), in that image turned by ``turn``
+    (a ``cv2.rotate`` code; None: not turned)."""
+    w, h = size
+    x, y = pts[:, 0], pts[:, 1]
+    return {None: pts, cv2.ROTATE_90_CLOCKWISE: np.stack([h - 1 - y, x], 1),
+            cv2.ROTATE_90_COUNTERCLOCKWISE: np.stack([y, w - 1 - x], 1),
+            cv2.ROTATE_180: np.stack([w - 1 - x, h - 1 - y], 1)}[turn]
+
+
+@pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180])
+def test_a_photo_lying_sideways_or_upside_down_is_turned_upright(turn: int, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture):
+    # A scan, or a photo whose EXIF orientation was lost. Lying on its side the face is missed; upside down it is
+    # found, with a mesh far off the face (an upright mesh laid over it).
+    upright = _portrait()
+    h, w = upright.shape[:2]
+    want = detect_faces(upright, max_faces=1)[0].landmarks[:, :2]
+    path = tmp_path / "turned.png"
+    cv2.imwrite(str(path), cv2.cvtColor(cv2.rotate(upright, turn), cv2.COLOR_RGB2BGR))
+    as_is = detect_faces(cv2.rotate(upright, turn), max_faces=1)
+    assert not as_is or np.abs(as_is[0].landmarks[:, :2] - _turned_points(want, (w, h), turn)).max() > 0.1 * h
+    with caplog.at_level(logging.INFO, logger="stream.swap"):
+        bank = load_source_bank(path)
+    assert "the source face stands upright with the image turned" in caplog.text
+    (face,) = bank.faces
+    assert np.array_equal(face.image, upright)
+    assert np.abs(face.landmarks[:, :2] - want).max() < 0.5
+
+
+def test_an_upright_photo_is_not_turned(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "upright.png"
+    upright = _portrait(0.1)
+    cv2.imwrite(str(path), cv2.cvtColor(upright, cv2.COLOR_RGB2BGR))
+    with caplog.at_level(logging.INFO, logger="stream.swap"):
+        (face,) = load_source_bank(path).faces
+    assert "turned" not in caplog.text and np.array_equal(face.image, upright)
+
+
+def test_no_face_in_a_tiny_photo_says_it_is_too_small(tmp_path: Path):
+    tiny = tmp_path / "avatar.png"
+    image = _portrait()
+    cv2.imwrite(str(tiny), cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (40, 46), interpolation=cv2.INTER_AREA))
+    with pytest.raises(NoFaceError, match=r"no face found in SOURCE: .*avatar\.png \(a 40x46 image: too small"):
+        load_source_bank(tiny)
+    # A photo that size is not blamed when the face is missing for another reason.
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((256, 256, 3), 120, np.uint8))
+    with pytest.raises(NoFaceError, match=r"wall\.png$"):
+        load_source_bank(wall)

@@ -49,7 +49,8 @@ _V4L2 = re.compile(r"^/dev/video\d+$")
 
 
 def source_bank_from_image(image: np.ndarray) -> Any:
-    """A :class:`~stream.stages.base.SourceBank` of the largest face in ``image`` (RGB uint8)."""
+    """A :class:`~stream.stages.base.SourceBank` of the largest face in ``image`` (RGB uint8), the image turned
+    upright first where its face lies on its side or upside down (:func:`stream.swap.upright_source_face`)."""
     from stream.stages.base import SourceBank
     from stream.swap import upright_source_face
 

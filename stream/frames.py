@@ -37,6 +37,15 @@ class HeadPose:
     roll: float
     rotation: np.ndarray = field(repr=False)  # (3, 3) rotation matrix, model -> camera
     translation: np.ndarray = field(repr=False)  # (3,) translation, model -> camera
+    display_rotation: int = 0
+    """Display rotation (degrees counter-clockwise) of the image whose stored pixels the landmarks are in: the
+    angles are relative to that image shown upright."""
+
+    @property
+    def image_roll(self) -> float:
+        """Roll in the stored pixels (degrees in [-180, 180)): what an axis-aligned crop of the stored image
+        shows, which differs from :attr:`roll` by the display rotation (a phone's portrait video)."""
+        return (self.roll + self.display_rotation + 180.0) % 360.0 - 180.0
 
     def as_vector(self) -> np.ndarray:
         """``[yaw, pitch, roll]`` in degrees as float32, the space source frames are matched in."""

@@ -150,7 +150,7 @@ def estimate_pose(landmarks: np.ndarray, *, image_size: tuple[int, int] | None =
     centre = pts[_RIGID].mean(axis=0)
     yaw, pitch, roll = euler_from_matrix(rot)
     return HeadPose(yaw=yaw, pitch=pitch, roll=roll, rotation=rot.astype(np.float32),
-                    translation=centre.astype(np.float32))
+                    translation=centre.astype(np.float32), display_rotation=rotation)
 
 
 class LazyHeadPose(HeadPose):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -167,6 +168,29 @@ def test_v2_reenactor_feeds_the_target_heatmaps_and_the_rolled_source() -> None:
     base = math.degrees(math.atan2(-(crop.landmarks[263, 1] - crop.landmarks[33, 1]),
                                    crop.landmarks[263, 0] - crop.landmarks[33, 0]))
     assert tilt - base == pytest.approx(30.0, abs=0.5)
+
+
+def test_v2_reenactor_turns_the_source_to_the_roll_the_stored_pixels_show() -> None:
+    # A phone's portrait video: stored sideways, shown upright by its display rotation. The pose's roll is
+    # the upright picture's, but the crops are cut from the stored pixels, where the face lies a quarter turn
+    # further: the source must be turned to that.
+    bank = SourceBank([source("astronaut", roll=0.0)])
+    seen: list[np.ndarray] = []
+    real = tiny("fsgan_reenactment_v2")
+
+    def spy(*inputs: np.ndarray) -> list[np.ndarray]:
+        seen.append(inputs[0][:, :3].copy())
+        return real(*inputs)
+
+    spy.close = real.close  # type: ignore[attr-defined]
+    stage = FsganReenactorV2(spy)
+    stage.set_source(bank)
+    w = work("hopper", roll=-30.0, bank=bank)  # -30 degrees in the stored pixels
+    upright = dataclasses.replace(w.target.pose, roll=-120.0, display_rotation=90)  # shown a quarter turn on
+    w.target = dataclasses.replace(w.target, pose=upright)
+    assert upright.image_roll == pytest.approx(-30.0)
+    stage.process([w])
+    np.testing.assert_allclose(seen[0][0], to_network(stage._rotated(stage._sources[0], -30.0)[None])[0], atol=1e-6)
 
 
 def test_v1_reenactor_runs_steps_passes() -> None:

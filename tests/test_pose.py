@@ -227,8 +227,21 @@ def test_display_rotation_gives_upright_pose(tracker) -> None:
     assert pose.roll == pytest.approx(base.roll, abs=3)
     assert pose.yaw == pytest.approx(base.yaw, abs=3)
     assert pose.pitch == pytest.approx(base.pitch, abs=3)
-    # Read in stored orientation instead, the same face is rolled by a quarter turn.
-    assert estimate_pose(_pose_landmarks(tracker, stored, 90)).roll == pytest.approx(base.roll + 90, abs=3)
+    # Read in stored orientation instead, the same face is rolled by a quarter turn: the pose's image roll,
+    # what a crop of the stored pixels shows.
+    in_stored = estimate_pose(_pose_landmarks(tracker, stored, 90))
+    assert in_stored.roll == pytest.approx(base.roll + 90, abs=3)
+    assert pose.display_rotation == 90 and pose.image_roll == pytest.approx(in_stored.roll, abs=1e-4)
+    assert base.display_rotation == 0 and base.image_roll == pytest.approx(base.roll, abs=1e-9)
+
+
+def test_image_roll_wraps_to_a_half_turn_either_way() -> None:
+    def pose(roll: float, display_rotation: int) -> HeadPose:
+        return HeadPose(0.0, 0.0, roll, np.eye(3), np.zeros(3), display_rotation=display_rotation)
+
+    assert pose(-2.0, 270).image_roll == pytest.approx(-92.0)
+    assert pose(100.0, 90).image_roll == pytest.approx(-170.0)
+    assert pose(-2.0, 180).image_roll == pytest.approx(178.0)
 
 
 def _pose_landmarks(tracker: FaceTracker, image: np.ndarray, rotation: int) -> np.ndarray:

@@ -288,8 +288,9 @@ class FsganReenactorV2(_EngineStage):
                     len(self._map))
 
     def _rotated(self, src: SourceCrop, target_roll: float) -> np.ndarray:
-        """The source crop turned so that its roll becomes ``target_roll`` (about the crop centre)."""
-        angle = float(src.pose.roll - target_roll)  # cv2: positive = counter-clockwise in the image
+        """The source crop turned so that its roll becomes ``target_roll`` (about the crop centre). Both rolls
+        are in stored pixels (:attr:`~stream.frames.HeadPose.image_roll`), as the axis-aligned crops show them."""
+        angle = float(src.pose.image_roll - target_roll)  # cv2: positive = counter-clockwise in the image
         if abs(angle) < 1e-3:
             return src.image
         r = self.resolution
@@ -312,7 +313,7 @@ class FsganReenactorV2(_EngineStage):
         images0 = np.empty((n, r, r, 3), np.uint8)
         images1 = np.empty((n, half, half, 3), np.uint8)
         for k, (fi, si, _) in enumerate(pairs):
-            img = self._rotated(self._sources[si], faces[fi].target.pose.roll)
+            img = self._rotated(self._sources[si], faces[fi].target.pose.image_roll)
             images0[k] = img
             images1[k] = cv2.pyrDown(img)
         return ReenactInputs(

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-# How much higher (detector score, 0-1) a source photo's face must score turned than as it is to be turned.
+# How much higher (detector score, 0-1) a photo's face must score turned than as it is for the photo to be turned.
 _TURN_MARGIN = 0.05
 # Shortest side (pixels) of a source photo below which a missing face is blamed on its size: a portrait that
 # small holds a face under about 24 pixels tall, which the tracker does not keep (TrackerConfig.min_face_px).
@@ -160,31 +160,57 @@ def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: in
     return SourceFace(image=image, landmarks=best.landmarks, pose=best.pose, frame_index=frame_index)
 
 
-def upright_source_face(image: np.ndarray) -> SourceFace | None:
-    """The largest face of a photo (RGB uint8), in the photo turned the way up its face stands upright.
+_TURN_NAMES = {90: "a quarter turn counter-clockwise", 180: "half a turn", 270: "a quarter turn clockwise"}
+
+
+def upright_rotation(tracker: FaceTracker, image: np.ndarray | Frame, rotation: int = 0) -> int:
+    """The display rotation (degrees counter-clockwise) under which ``image`` shows its face upright.
 
     The detector finds upright faces, and a face turned away from upright (a scan, a photo whose EXIF
     orientation was lost) is either missed or, upside down, found with a wrong mesh. So the detector scores
-    the photo as it is and turned a quarter turn either way and half a turn, and the face is meshed in the
-    turn whose face scores highest (as it is unless a turn scores clearly higher). The face's ``image`` is the
-    photo as turned; None: no face whichever way up.
+    the image under ``rotation`` (its own display rotation) and a quarter turn either way and half a turn
+    from it; ``rotation`` is kept unless another scores clearly higher.
     """
-    import cv2
+    best, best_score = rotation, tracker.detection_score(image, rotation=rotation) + _TURN_MARGIN
+    for turn in (90, 270, 180):  # sideways first: the likelier
+        score = tracker.detection_score(image, rotation=(rotation + turn) % 360)
+        if score > best_score:
+            best, best_score = (rotation + turn) % 360, score
+    return best
 
+
+def upright_source_face(image: np.ndarray) -> SourceFace | None:
+    """The largest face of a photo (RGB uint8), in the photo turned the way up its face stands upright
+    (:func:`upright_rotation`). The face's ``image`` is the photo as turned; None: no face whichever way up."""
     from stream.tracking import image_tracker
 
-    turns = {"a quarter turn clockwise": cv2.ROTATE_90_CLOCKWISE,
-             "a quarter turn counter-clockwise": cv2.ROTATE_90_COUNTERCLOCKWISE, "half a turn": cv2.ROTATE_180}
     with image_tracker() as tracker:
-        best, best_score = "", tracker.detection_score(image) + _TURN_MARGIN
-        for name, turn in turns.items():
-            score = tracker.detection_score(np.ascontiguousarray(cv2.rotate(image, turn)))
-            if score > best_score:
-                best, best_score = name, score
-        if best:
-            logger.info("the source face stands upright with the image turned %s", best)
-            image = np.ascontiguousarray(cv2.rotate(image, turns[best]))
+        rotation = upright_rotation(tracker, image)
+        if rotation:
+            logger.info("the source face stands upright with the image turned %s", _TURN_NAMES[rotation])
+            image = np.ascontiguousarray(np.rot90(image, rotation // 90))
         return largest_source_face(image, tracker=tracker)
+
+
+class UprightPhotoTracker:
+    """A :class:`~stream.tracking.FaceTracker` for a photo INPUT: its faces are tracked under the display rotation
+    that shows them upright (:func:`upright_rotation`), so that a photo lying on its side or upside down has its
+    faces swapped too. The photo itself is written as it came."""
+
+    def __init__(self, tracker: FaceTracker) -> None:
+        self.tracker = tracker
+
+    def __call__(self, frame: Frame) -> Frame:
+        rotation = upright_rotation(self.tracker, frame, frame.rotation)
+        if rotation != frame.rotation:
+            logger.info("the faces of the photo stand upright with it turned %s",
+                        _TURN_NAMES[(rotation - frame.rotation) % 360])
+        frame.faces = self.tracker.track(frame, rotation=rotation)
+        return frame
+
+    def close(self) -> None:
+        """Release the tracker."""
+        self.tracker.close()
 
 
 def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
@@ -365,7 +391,13 @@ async def swap_video(options: SwapOptions, *, on_frame: Callable[[Frame], None] 
             sink = VideoFileSink(options.output, source, settings=encode_settings(options),
                                  metadata=output_metadata(options), learned=options.models is not None)
         # FaceTracker closes what it started if its own set-up is interrupted.
-        step: FrameProcessor = tracker if tracker is not None else FaceTracker()
+        step: FrameProcessor
+        if tracker is not None:
+            step = tracker
+        elif options.input.suffix.lower() in IMAGE_SUFFIXES:
+            step = UprightPhotoTracker(FaceTracker())
+        else:
+            step = FaceTracker()
     except BaseException:
         if sink is not None:
             await sink.abort()

@@ -227,6 +227,30 @@ def test_outputs_get_the_permissions_of_any_new_file(swapped):
         assert (swapped["dir"] / name).stat().st_mode & 0o777 == expected, name
 
 
+@pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180])
+def test_a_photo_lying_on_its_side_or_upside_down_has_its_face_swapped(media, tmp_path, turn):
+    # No EXIF tag says which way is up (a scan; a photo whose tag was stripped): the face is found the way up it
+    # stands, swapped, and the photo comes out as it went in, turned as it was.
+    astronaut, _ = sample_faces()
+    upright = np.ascontiguousarray(astronaut[:, 40:470])
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(cv2.rotate(upright, turn), cv2.COLOR_RGB2BGR))
+    out, report = tmp_path / "out.png", tmp_path / "report.json"
+    r = facestream("-v", "swap", "--source", media["source"], photo, "-o", out, "--report", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "the faces of the photo stand upright with it turned" in r.stderr
+    assert json.loads(report.read_text())["frames_with_faces"] == 1
+    got = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    back = {cv2.ROTATE_90_CLOCKWISE: cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180: cv2.ROTATE_180}[turn]
+    got = cv2.rotate(got, back)
+    assert got.shape == upright.shape
+    src_img = cv2.cvtColor(cv2.imread(str(media["source"])), cv2.COLOR_BGR2RGB)
+    aligner = FaceAligner(src_img)
+    out_crop = aligner.crop(got)
+    assert aligner.ncc(out_crop, aligner.crop(src_img)) > aligner.ncc(out_crop, aligner.crop(upright)) + 0.05
+    assert psnr(got[:, :60], upright[:, :60]) >= 38.0 and psnr(got[-60:], upright[-60:]) >= 38.0
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_a_photo_swapped_into_an_image_is_upright_and_marked_synthetic(media, tmp_path, suffix):
     from PIL import Image

@@ -195,18 +195,21 @@ def upright_source_face(image: np.ndarray) -> SourceFace | None:
 class UprightPhotoTracker:
     """A :class:`~stream.tracking.FaceTracker` for a photo INPUT: its faces are tracked under the display rotation
     that shows them upright (:func:`upright_rotation`), so that a photo lying on its side or upside down has its
-    faces swapped too. The photo itself is written as it came."""
+    faces swapped too. The photo itself is written as it came. The way up is decided on the first frame and kept
+    (an animated WebP or a multi-page TIFF has more: four detector runs each would be per-frame set-up)."""
 
     def __init__(self, tracker: FaceTracker) -> None:
         self.tracker = tracker
+        self.rotation: int | None = None
+        """The display rotation the frames are tracked under; None before the first frame."""
 
     def __call__(self, frame: Frame) -> Frame:
-        rotation = upright_rotation(self.tracker, frame, frame.rotation)
-        if rotation != frame.rotation:
-            logger.info("the faces of the photo stand upright with it turned %s",
-                        _TURN_NAMES[(rotation - frame.rotation) % 360])
-        frame.faces = self.tracker.track(frame, rotation=rotation)
-        return frame
+        if self.rotation is None:
+            self.rotation = upright_rotation(self.tracker, frame, frame.rotation)
+            if self.rotation != frame.rotation:
+                logger.info("the faces of the photo stand upright with it turned %s",
+                            _TURN_NAMES[(self.rotation - frame.rotation) % 360])
+        return self.tracker(frame, rotation=self.rotation)
 
     def close(self) -> None:
         """Release the tracker."""

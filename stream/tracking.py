@@ -709,10 +709,11 @@ class FaceTracker:
         detections = self._detector.detect(_pixels(image), _check_rotation(rotation), small_faces=False)
         return max((d.score for d in detections), default=0.0)
 
-    def __call__(self, frame: Frame) -> Frame:
-        """Fill ``frame.faces`` (adapter for :class:`stream.tracks.ProcessorTrack`)."""
+    def __call__(self, frame: Frame, rotation: int | None = None) -> Frame:
+        """Fill ``frame.faces`` (adapter for :class:`stream.tracks.ProcessorTrack`), the faces tracked under
+        ``rotation`` (None: the frame's own display rotation)."""
         ts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-        frame.faces = self.track(frame, rotation=frame.rotation, timestamp=ts)
+        frame.faces = self.track(frame, rotation=frame.rotation if rotation is None else rotation, timestamp=ts)
         return frame
 
     def reset(self) -> None:

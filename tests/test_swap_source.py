@@ -124,3 +124,28 @@ def test_no_face_in_a_tiny_photo_says_it_is_too_small(tmp_path: Path):
     cv2.imwrite(str(wall), np.full((256, 256, 3), 120, np.uint8))
     with pytest.raises(NoFaceError, match=r"wall\.png$"):
         load_source_bank(wall)
+
+
+def test_a_photo_input_is_tracked_the_way_up_decided_on_its_first_frame(monkeypatch: pytest.MonkeyPatch):
+    # An animated WebP or a multi-page TIFF has several frames: the detector scores the way up once, not per frame.
+    from stream.frames import Frame
+    from stream.swap import UprightPhotoTracker
+    from stream.tracking import FaceTracker
+
+    turned = np.ascontiguousarray(cv2.rotate(_portrait(), cv2.ROTATE_90_CLOCKWISE))
+    scored: list[int] = []
+    real = FaceTracker.detection_score
+
+    def counting(self: FaceTracker, image: object, *, rotation: int = 0) -> float:
+        scored.append(rotation)
+        return real(self, image, rotation=rotation)
+
+    monkeypatch.setattr(FaceTracker, "detection_score", counting)
+    step = UprightPhotoTracker(FaceTracker())
+    try:
+        frames = [step(Frame(i, turned.copy(), pts=i, time_base=Fraction(1, 10))) for i in range(3)]
+    finally:
+        step.close()
+    assert sorted(scored) == [0, 90, 180, 270] and step.rotation == 90
+    assert all(len(f.faces) == 1 for f in frames)
+    assert frames[0].rotation == 0  # the frame keeps its own rotation: it is written as it came

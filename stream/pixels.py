@@ -12,6 +12,7 @@ around a plain RGB array.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -172,6 +173,45 @@ def split_420(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarra
             flat[h * w + c:h * w + 2 * c].reshape(h // 2, w // 2))
 
 
+# Luma weights (Kr, Kb) of the matrix swscale uses for each AVColorSpace (its sws_getCoefficients): BT.709,
+# FCC, SMPTE 240M and BT.2020; every other value (unspecified, BT.470BG, SMPTE 170M...) is BT.601.
+_LUMA_WEIGHTS = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 7: (0.212, 0.087), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_BT601 = (0.299, 0.114)
+
+
+@functools.cache
+def _yuv_matrix(colorspace: int, full_range: bool) -> np.ndarray:
+    """(3, 4) float32: RGB 0..255 -> Y, Cb, Cr (8-bit, offsets in the last column)."""
+    kr, kb = _LUMA_WEIGHTS.get(colorspace, _BT601)
+    kg = 1.0 - kr - kb
+    luma_scale, luma_offset, chroma_scale = (1.0, 0.0, 1.0) if full_range else (219 / 255, 16.0, 224 / 255)
+    cb = np.array([-kr, -kg, 1.0 - kb]) * (chroma_scale / (2 * (1.0 - kb)))
+    cr = np.array([1.0 - kr, -kg, -kb]) * (chroma_scale / (2 * (1.0 - kr)))
+    return np.array([[kr * luma_scale, kg * luma_scale, kb * luma_scale, luma_offset],
+                     [*cb, 128.0], [*cr, 128.0]], np.float32)
+
+
+def rgb_to_yuv420(rgb: np.ndarray, colorspace: int, full_range: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y (h, w), U and V (h/2, w/2) uint8 planes of (h, w, 3) uint8 RGB with even h and w, in the matrix
+    swscale uses for ``colorspace`` (an AVColorSpace value) and limited or full range.
+
+    Luma is within a grey level of swscale's; chroma is the mean of each 2x2 cell, which a 4:2:0 frame read
+    back (chroma shared by the cell) reproduces at least as closely as swscale's wider filter. About 3x
+    faster than swscale here (0.18 against 0.58 ms for a 340x420 face box), on the encoder's path.
+    """
+    h, w = rgb.shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"a 4:2:0 box needs an even size, got {w}x{h}")
+    m = _yuv_matrix(int(colorspace), bool(full_range))
+    f = rgb.astype(np.float32)
+    # Halving with INTER_LINEAR samples between the 4 pixels of each cell: their mean. 3 -> 3 transforms
+    # take OpenCV's vectorised path (3 -> 1 of uint8 and 3 -> 2 do not).
+    cells = cv2.transform(cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR), m)
+    y = cv2.convertScaleAbs(cv2.transform(f, m[:1]))  # rounded, saturated: every value is >= 0
+    _, u, v = cv2.split(cv2.convertScaleAbs(cells))
+    return y, u, v
+
+
 def write_back(source: av.VideoFrame, boxes: list[tuple[int, int, int, int]],
                read: Callable[[int, int, int, int], np.ndarray]) -> av.VideoFrame:
     """``source`` (a :func:`lazy_capable` decoded frame) with the RGB of ``boxes`` converted back into its
@@ -192,11 +232,9 @@ def write_back(source: av.VideoFrame, boxes: list[tuple[int, int, int, int]],
             pixels.append((x0, y0, x1, y1, np.ascontiguousarray(read(x0, y0, x1, y1))))
     source.make_writable()
     y_plane, u_plane, v_plane = (plane_view(d) for d in source.planes)
+    full = source.color_range == 2 or source.format.name == "yuvj420p"  # swscale takes yuvj as full range
     for x0, y0, x1, y1, rgb in pixels:
-        yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-            format=source.format.name, dst_colorspace=source.colorspace, dst_color_range=source.color_range,
-            threads=1)
-        ry, ru, rv = split_420(yuv.to_ndarray(), y1 - y0, x1 - x0)
+        ry, ru, rv = rgb_to_yuv420(rgb, source.colorspace, full)
         y_plane[y0:y1, x0:x1] = ry
         u_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = ru
         v_plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = rv
@@ -222,4 +260,4 @@ def luma(vframe: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarra
 
 
 __all__ = ["LAZY_FORMATS", "ArrayPixels", "Pixels", "as_pixels", "lazy_capable", "luma", "plane_view", "region_rgb",
-           "region_shrunk", "rgb_image", "split_420", "write_back", "yuv420_frame"]
+           "region_shrunk", "rgb_image", "rgb_to_yuv420", "split_420", "write_back", "yuv420_frame"]

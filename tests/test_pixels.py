@@ -225,3 +225,56 @@ def test_webrtc_frames_are_lazy_and_go_back_out_as_their_own_planes():
     out = frame_to_video_frame(frame)
     assert out is vf and out.pts == 3000
     assert rgb_image(out)[9:15, 9:15].max() <= 3
+
+
+def _natural_box() -> np.ndarray:
+    """A face-sized box of a real photo (skin, hair, a saturated flag): what write-back converts."""
+    from stream.demo import sample_face_images
+
+    return np.ascontiguousarray(sample_face_images()["astronaut"][40:460, 60:400])
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+@pytest.mark.parametrize("colorspace", [2, 1, 5, 6, 9, 4, 7])  # unspecified, BT.709, BT.601 x2, BT.2020, FCC, 240M
+def test_pasted_boxes_go_back_in_the_frames_own_matrix_and_range(full_range, colorspace):
+    from stream.pixels import rgb_to_yuv420, split_420
+
+    rgb = _natural_box()
+    h, w = rgb.shape[:2]
+    sws = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format="yuv420p", dst_colorspace=colorspace, dst_color_range=2 if full_range else 1, threads=1)
+    ref = split_420(sws.to_ndarray(), h, w)
+    ours = rgb_to_yuv420(rgb, colorspace, full_range)
+    assert [p.shape for p in ours] == [(h, w), (h // 2, w // 2), (h // 2, w // 2)]
+    assert np.abs(ours[0].astype(int) - ref[0]).max() <= 1, "luma: swscale's matrix and range"
+    for mine, theirs in zip(ours[1:], ref[1:], strict=True):
+        assert np.abs(mine.astype(int) - theirs).mean() < 1.0, "chroma: the same matrix (a wrong one is off by 5+)"
+    # Read back as a 4:2:0 frame is (chroma shared by each 2x2 cell), it comes as close to the pasted RGB as
+    # swscale's own conversion does.
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, values in zip(frame.planes, ours, strict=True):
+        np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:values.shape[0], :values.shape[1]] = values
+    for vf in (frame, sws):
+        vf.colorspace, vf.color_range = colorspace, 2 if full_range else 1
+    err_ours, err_sws = (np.abs(rgb_image(vf).astype(int) - rgb).mean() for vf in (frame, sws))
+    assert err_ours <= err_sws + 0.05, (err_ours, err_sws)
+
+
+def test_a_jpeg_range_frame_gets_its_paste_back_in_full_range():
+    rgb = _natural_box()[:64, :96]
+    vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p", threads=1)
+    frame = Frame(index=0, source=vf)
+    assert frame.lazy
+    paste = np.ascontiguousarray(rgb[::-1, ::-1])  # the photo turned round: every pixel changes
+    frame.write(0, 0, paste)
+    frame.modified, frame.dirty = True, [(0, 0, 96, 64)]
+    out = frame.to_yuv420()
+    assert out.format.name == "yuvj420p"
+    assert np.abs(rgb_image(out).astype(int) - paste).mean() < 3
+
+
+def test_an_odd_box_is_refused():
+    from stream.pixels import rgb_to_yuv420
+
+    with pytest.raises(ValueError, match="even size"):
+        rgb_to_yuv420(np.zeros((5, 8, 3), np.uint8), 1, False)

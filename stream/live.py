@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,6 +104,143 @@ def swap_processor_factory(*, faces: FaceSelection = "largest",
     return factory
 
 
+# -- audio -----------------------------------------------------------------------------------------------
+
+
+class LiveAudio:
+    """The input's sound on its way to a recording or a push: decoded :class:`av.AudioFrame` s, each with its
+    start in seconds on the clock of the frames' ``pts`` (what the output stamps video with).
+
+    Thread-safe: a capture thread puts, the output's thread drains. Bounded, so that a run whose output does
+    not take sound (a v4l2 loopback) holds only its last few seconds.
+    """
+
+    def __init__(self, channels: int = 2, *, max_frames: int = 512) -> None:
+        self.channels = channels
+        """Channels of the input's sound (1 or more; the output keeps mono as mono, the rest as stereo)."""
+        self._items: deque[tuple[av.AudioFrame, float]] = deque(maxlen=max_frames)
+        self._lock = threading.Lock()
+
+    def put(self, frame: av.AudioFrame, seconds: float) -> None:
+        with self._lock:
+            self._items.append((frame, seconds))
+
+    def drain(self) -> list[tuple[av.AudioFrame, float]]:
+        """Everything put since the last call, oldest first."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+
+class FileAudio(LiveAudio):
+    """The first audio stream of a live file input (:class:`~stream.sources.VideoFileSource`), taken from its
+    passthrough channel and decoded on the output's thread by a decoder of its own (the file's streams go
+    with the source, which may stop before the output has written its last frame). Its clock is the file's,
+    as the frames' ``pts`` are."""
+
+    def __init__(self, source: Any) -> None:
+        stream = next(s for s in source.copy_streams if s.type == "audio")
+        ctx = stream.codec_context
+        super().__init__(max(1, ctx.channels))
+        self._index = stream.index
+        self._time_base = stream.time_base
+        self._decoder = av.CodecContext.create(ctx.name, "r")
+        self._decoder.sample_rate = ctx.sample_rate
+        self._decoder.layout = ctx.layout
+        if ctx.extradata:
+            self._decoder.extradata = ctx.extradata
+        self._channel = source.open_passthrough()
+
+    def drain(self) -> list[tuple[av.AudioFrame, float]]:
+        out: list[tuple[av.AudioFrame, float]] = []
+        for index, packet in self._channel.drain():
+            if index != self._index or packet.pts is None:
+                continue
+            start = float(packet.pts * self._time_base)
+            try:
+                frames = self._decoder.decode(packet)
+            except av.FFmpegError as exc:  # a damaged packet: a moment of silence, not a failed recording
+                logger.debug("audio packet at %.3f s not decoded: %s", start, exc)
+                continue
+            for frame in frames:
+                if frame.pts is not None and frame.time_base is not None:
+                    start = float(frame.pts * frame.time_base)
+                out.append((frame, start))
+                start += frame.samples / frame.sample_rate
+        return out
+
+
+def has_audio(source: FrameTrack) -> bool:
+    """Whether a file source made by :func:`open_input` has sound a live output can carry."""
+    return any(s.type == "audio" for s in getattr(source, "copy_streams", ()))
+
+
+class _AudioEncoder:
+    """AAC at 48 kHz for a live output: the input's sound resampled, gaps (an outage, a reconnect) filled
+    with silence and overlaps dropped, so that it stays on the video's clock; cut where the video ends."""
+
+    RATE = 48000
+    SAMPLES = 1024  # the AAC encoder's frame
+    SLACK = 0.2  # seconds by which the input's clock may wander from the samples' count before it is followed
+
+    def __init__(self, container: Any, channels: int) -> None:
+        self.layout = "mono" if channels == 1 else "stereo"
+        self.stream = container.add_stream("aac", rate=self.RATE)
+        self.stream.layout = self.layout
+        self.stream.time_base = Fraction(1, self.RATE)
+        self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.RATE)
+        self._pending = np.zeros((1 if channels == 1 else 2, 0), np.float32)
+        self._start: int | None = None  # sample index (output clock) of the first sample
+        self._fed = 0  # samples fed since
+        self._next_pts = 0
+
+    def feed(self, frame: av.AudioFrame, seconds: float, until: float | None = None) -> list[av.Packet]:
+        """Encode ``frame`` (starting at ``seconds``); nothing of it after ``until`` (seconds)."""
+        at = round(seconds * self.RATE)
+        frame.pts = None  # the resampler need not keep time: the samples' count does
+        chunks = [out.to_ndarray() for out in self._resampler.resample(frame)]
+        data = np.concatenate(chunks, axis=1) if chunks else self._pending[:, :0]
+        if self._start is None:
+            if at < 0:  # sound from before the first frame
+                data, at = data[:, -at:], 0
+            if not data.shape[1]:
+                return []
+            self._start = self._next_pts = at
+        end = self._start + self._fed
+        if at > end + self.SLACK * self.RATE:  # the input was away: silence until it is back
+            self._append(np.zeros((self._pending.shape[0], at - end), np.float32))
+        elif at < end - self.SLACK * self.RATE:  # before what is written already (a clock reset): skip
+            return []
+        self._append(data)
+        if until is not None:
+            limit = round(until * self.RATE) - self._start
+            if self._fed > limit:
+                keep = max(0, self._pending.shape[1] - (self._fed - limit))
+                self._pending = self._pending[:, :keep]
+                self._fed = limit
+        return self._encode(final=False)
+
+    def _append(self, samples: np.ndarray) -> None:
+        self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)], axis=1)
+        self._fed += samples.shape[1]
+
+    def _encode(self, *, final: bool) -> list[av.Packet]:
+        packets: list[av.Packet] = []
+        n = self.SAMPLES
+        while self._pending.shape[1] >= n or (final and self._pending.shape[1]):
+            chunk = np.ascontiguousarray(self._pending[:, :n])
+            self._pending = self._pending[:, n:]
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+            frame.sample_rate, frame.pts, frame.time_base = self.RATE, self._next_pts, Fraction(1, self.RATE)
+            self._next_pts += chunk.shape[1]
+            packets.extend(self.stream.encode(frame))
+        return packets
+
+    def flush(self) -> list[av.Packet]:
+        return [*self._encode(final=True), *self.stream.encode(None)] if self._start is not None else []
+
+
 # -- inputs ----------------------------------------------------------------------------------------------
 
 
@@ -179,6 +317,10 @@ class CaptureSource(FrameTrack):
         self._stopped = False
         self._got_frames = False
         self._last_frame_at: float | None = None
+        self.audio: LiveAudio | None = None
+        """Set before the first :meth:`recv` to have the input's sound decoded into it (RTSP), stamped on the
+        frames' clock: each connection's audio is placed by the offset between its first video frame's
+        capture time and its stream time."""
 
     @property
     def dropped(self) -> int:
@@ -203,6 +345,8 @@ class CaptureSource(FrameTrack):
         if not container.streams.video:
             container.close()
             raise InputError(f"INPUT has no video stream: {self.spec}")
+        if self.audio is not None and container.streams.audio:
+            self.audio.channels = max(1, container.streams.audio[0].codec_context.channels)
         return container
 
     def _run(self) -> None:
@@ -255,21 +399,42 @@ class CaptureSource(FrameTrack):
         stream.thread_type = "SLICE"  # frame threading would hold frames back
         self._got_frames = False
         self._last_frame_at = last_frame_at
-        for vf in container.decode(stream):
+        sound = container.streams.audio[0] if self.audio is not None and container.streams.audio else None
+        offset: float | None = None  # this connection's capture clock (seconds from the first frame) - stream time
+        held: list[av.AudioFrame] = []  # sound that came before this connection's first video frame
+        for packet in container.demux(*[s for s in (stream, sound) if s is not None]):
             if self._stop.is_set():
                 return True
-            now = time.monotonic()
-            if not self._got_frames:
-                self._got_frames = True
-                if after_failure:
-                    self.stats.reconnects += 1
-                    if last_frame_at is not None:
-                        self.stats.outage_seconds.append(now - last_frame_at)
-                    logger.info("%s: reconnected", self.spec)
-            self._last_frame_at = now
-            self._deliver(self._to_frame(vf, now))
+            if sound is not None and packet.stream.index == sound.index:
+                held.extend(packet.decode())
+                if offset is not None:
+                    self._put_audio(held, offset)
+                    held = []
+                else:
+                    held = held[-64:]
+                continue
+            for vf in packet.decode():
+                now = time.monotonic()
+                if not self._got_frames:
+                    self._got_frames = True
+                    if after_failure:
+                        self.stats.reconnects += 1
+                        if last_frame_at is not None:
+                            self.stats.outage_seconds.append(now - last_frame_at)
+                        logger.info("%s: reconnected", self.spec)
+                self._last_frame_at = now
+                frame = self._to_frame(vf, now)
+                if offset is None and vf.pts is not None and vf.time_base is not None:
+                    offset = (now - (self._t0 or now)) - float(vf.pts * vf.time_base)
+                self._deliver(frame)
         # A camera's stream "ending" (server hung up) is a failure to recover from.
         return self._stop.is_set()
+
+    def _put_audio(self, frames: list[av.AudioFrame], offset: float) -> None:
+        assert self.audio is not None
+        for af in frames:
+            if af.pts is not None and af.time_base is not None:
+                self.audio.put(af, float(af.pts * af.time_base) + offset)
 
     def _to_frame(self, vf: av.VideoFrame, now: float) -> Frame:
         t0 = time.perf_counter()
@@ -371,8 +536,14 @@ class EncodedOutput:
     """
 
     def __init__(self, target: str, *, fps: float = 30.0, kind: OutputKind = "file", crf: int = 23,
-                 metadata: dict[str, str] | None = None, reconnect: ReconnectPolicy | None = None) -> None:
+                 metadata: dict[str, str] | None = None, reconnect: ReconnectPolicy | None = None,
+                 audio: LiveAudio | None = None) -> None:
         self.target = target
+        self.audio = audio
+        """The input's sound, recorded as AAC beside the video (recordings only)."""
+        self._sound: _AudioEncoder | None = None
+        self._held: list[tuple[av.AudioFrame, float]] = []  # sound waiting for its video frames
+        self._last_time: float | None = None  # seconds: where the last video frame written ends
         self.kind = kind
         self.fps = fps
         self.crf = crf
@@ -413,6 +584,8 @@ class EncodedOutput:
         stream.codec_context.time_base = Fraction(1, 1000)
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(self.crf)}
         self._stream = stream
+        if self.audio is not None and self.kind == "file":
+            self._sound = _AudioEncoder(self._container, self.audio.channels)
 
     def _encode(self, frame: Frame) -> None:
         if self._container is None:
@@ -426,10 +599,26 @@ class EncodedOutput:
         vf.pts, vf.time_base = pts, Fraction(1, 1000)
         try:
             self._container.mux(self._stream.encode(vf))
+            self._last_time = pts / 1000 + 1 / self.fps
+            self._mux_sound()
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"writing OUTPUT {self.target} failed: {exc}") from exc
         self._last_pts = pts
         self.frames += 1
+
+    def _mux_sound(self, *, final: bool = False) -> None:
+        """Encode and mux the sound up to the end of the last video frame written; what comes later waits for
+        the frames it goes with (sound arrives ahead of them: they are processed), so that a recording
+        stopped at any moment ends its sound with its picture. ``final``: cut there, drop the rest."""
+        if self._sound is None or self.audio is None or self._last_time is None:
+            return
+        self._held.extend(self.audio.drain())
+        until = self._last_time
+        later = [item for item in self._held if item[1] >= until]
+        for frame, seconds in self._held:
+            if seconds < until:
+                self._container.mux(self._sound.feed(frame, seconds, until if final else None))
+        self._held = [] if final else later
 
     def _write(self, frame: Frame) -> None:
         if self.kind != "rtsp" or self.frames == 0:
@@ -467,6 +656,10 @@ class EncodedOutput:
             return
         try:
             self._container.mux(self._stream.encode(None))
+            if self._sound is not None:
+                # The sound that came with the last frames, none of it past the video's end.
+                self._mux_sound(final=True)
+                self._container.mux(self._sound.flush())
         except (av.FFmpegError, OSError) as exc:
             logger.warning("flushing %s failed: %s", self.target, exc)
         finally:
@@ -488,6 +681,8 @@ class EncodedOutput:
         finally:
             self._executor.shutdown(wait=False)
         report: dict[str, Any] = {"output": self.target, "kind": self.kind, "frames": self.frames}
+        if self.kind == "file":
+            report["audio"] = self._sound is not None
         if self.kind == "rtsp":
             report.update(dropped=self.dropped, reconnects=self.reconnects, failures=self.failures)
         return report
@@ -529,12 +724,13 @@ class VirtualCameraOutput:
 
 
 def open_output(spec: str, *, fps: float = 30.0, metadata: dict[str, str] | None = None,
-                reconnect: ReconnectPolicy | None = None) -> LiveOutput:
-    """The :class:`LiveOutput` for ``spec``: a recording file, an ``rtsp://`` push or ``/dev/videoN``."""
+                reconnect: ReconnectPolicy | None = None, audio: LiveAudio | None = None) -> LiveOutput:
+    """The :class:`LiveOutput` for ``spec``: a recording file, an ``rtsp://`` push or ``/dev/videoN``;
+    ``audio`` is recorded beside the video in a recording file."""
     kind = output_kind(spec)
     if kind == "v4l2":
         return VirtualCameraOutput(spec, fps=fps)
-    return EncodedOutput(spec, fps=fps, kind=kind, metadata=metadata, reconnect=reconnect)
+    return EncodedOutput(spec, fps=fps, kind=kind, metadata=metadata, reconnect=reconnect, audio=audio)
 
 
 # -- the live run ----------------------------------------------------------------------------------------
@@ -630,8 +826,14 @@ async def run_live(
     loop = asyncio.get_running_loop()
     source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
     mode = {"facestream_mode": "live/weight-free" if processor is None else "live"}
-    output = (open_output(options.output, fps=options.fps, metadata=mode, reconnect=options.reconnect)
-              if options.output else None)
+    audio: LiveAudio | None = None
+    if options.output is not None and output_kind(options.output) == "file":  # a recording keeps the sound
+        if isinstance(source, CaptureSource) and source.kind == "rtsp":
+            audio = source.audio = LiveAudio()
+        elif has_audio(source):
+            audio = FileAudio(source)
+    output = (open_output(options.output, fps=options.fps, metadata=mode, reconnect=options.reconnect,
+                          audio=audio) if options.output else None)
     executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-live")
     own_processor = processor is None
     if processor is None:

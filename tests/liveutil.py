@@ -74,12 +74,16 @@ class RtspServer:
         self.proc: subprocess.Popen[str] | None = None
         self.url = f"rtsp://127.0.0.1:{port}/face"
         self.record_dir: Path | None = None
+        self.audio = False
+        """Send a tone as G.711 A-law beside the video (set before :meth:`start`)."""
 
     def start(self, timeout: float = 10.0) -> None:
         args = [SYSTEM_PYTHON, str(HERE / "rtsp_server.py"), "--port", str(self.port), "--image", str(self.image),
                 "--fps", str(self.fps), "--gop", str(self.gop)]
         if self.record_dir is not None:
             args += ["--record-dir", str(self.record_dir)]
+        if self.audio:
+            args.append("--audio")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

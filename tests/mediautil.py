@@ -110,3 +110,27 @@ def xmp_description(path: Path) -> dict[str, str]:
         if li is not None:
             out[child.tag] = li.text or ""
     return out
+
+
+def sound_of(path: Path) -> tuple[np.ndarray, float, float]:
+    """(mono samples at their rate, first sample's time, rate) of a file's first audio stream."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        frames = list(c.decode(stream))
+        start = float(frames[0].pts * frames[0].time_base)
+        samples = np.concatenate([f.to_ndarray().reshape(f.layout.nb_channels if f.format.is_planar else 1, -1)[0]
+                                  for f in frames])
+        return samples, start, float(stream.rate)
+
+
+def video_span(path: Path) -> tuple[float, float]:
+    """Times (seconds) of the first and the last frame of a file's first video stream."""
+    with av.open(str(path)) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    return times[0], times[-1]
+
+
+def peak_hz(samples: np.ndarray, rate: float) -> float:
+    """The strongest frequency of ``samples`` (a tone's pitch)."""
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))

@@ -2,7 +2,8 @@
 
 Run with the system Python (it needs python3-gi): serves ``rtsp://127.0.0.1:PORT/face``, a still image
 with a face encoded live as H.264 at ``--fps``; with ``--record-dir`` also accepts RTSP pushes (RECORD)
-on ``/record``, written to ``record.mkv`` there. Prints ``READY`` once listening.
+on ``/record``, written to ``record.mkv`` there; with ``--audio`` the stream also carries a 440 Hz tone as
+G.711 A-law at 8 kHz, as IP cameras send their microphone. Prints ``READY`` once listening.
 """
 
 import argparse
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--gop", type=int, default=15, help="frames between keyframes")
     parser.add_argument("--record-dir", default=None)
+    parser.add_argument("--audio", action="store_true", help="add a tone as G.711 A-law")
     args = parser.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -35,7 +37,10 @@ def main() -> None:
         f'( multifilesrc location="{args.image}" loop=true caps="image/jpeg,framerate={args.fps}/1" '
         "! jpegdec ! videoconvert ! video/x-raw,format=I420 "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.gop} bitrate=1500 "
-        "! rtph264pay name=pay0 pt=96 config-interval=1 )")
+        "! rtph264pay name=pay0 pt=96 config-interval=1 "
+        + ("audiotestsrc is-live=true wave=sine freq=440 volume=0.3 ! audioconvert ! audioresample "
+           "! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 pt=8 " if args.audio else "")
+        + ")")
     play.set_shared(False)
     mounts.add_factory("/face", play)
 

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 from liveutil import face_frames, write_jpeg
-from mediautil import read_frames, xmp_description
+from mediautil import peak_hz, read_frames, sound_of, video_span, xmp_description
 
 from stream.exceptions import EndOfStream, InputError, InputNotFoundError, OutputError
 from stream.frames import Frame
@@ -217,3 +217,62 @@ def test_face_jpeg_helper_round_trips(tmp_path: Path) -> None:
     rgb = face_frames(160, 120, 1)[0]
     image = load_face_image(write_jpeg(tmp_path / "f.jpg", rgb))
     assert image.shape == rgb.shape and np.abs(image.astype(int) - rgb).mean() < 6
+
+
+async def test_a_live_recording_of_a_file_keeps_itssound_of(tmp_path: Path) -> None:
+    from matplotlib import cbook
+    from mediautil import write_face_clip
+
+    clip = write_face_clip(tmp_path / "talk.mp4", width=320, height=240, frames=45)  # a 330 Hz tone, 1.5 s
+    source = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    report = await run_live(LiveOptions(source=source, input=str(clip), output=str(tmp_path / "rec.mp4")))
+    assert report["output"]["audio"] is True
+    samples, start, rate = sound_of(tmp_path / "rec.mp4")
+    first, last = video_span(tmp_path / "rec.mp4")
+    end = start + len(samples) / rate
+    # The sound spans the picture (to within an AAC frame or two), on the file's own clock.
+    assert abs(start - first) < 0.05 and abs(end - (last + 1 / 30)) < 0.1, (start, end, first, last)
+    assert abs(peak_hz(samples[len(samples) // 4:3 * len(samples) // 4], rate) - 330) < 5
+    assert 0.1 < float(np.sqrt(np.mean(samples ** 2))) < 0.2  # the tone's level (0.2 peak: rms 0.14)
+
+    quiet = _write_clip(tmp_path / "quiet.mp4", face_frames(320, 240, 6))  # no audio stream
+    report = await run_live(LiveOptions(source=source, input=str(quiet), output=str(tmp_path / "q.mp4")))
+    assert report["output"]["audio"] is False
+    with av.open(str(tmp_path / "q.mp4")) as c:
+        assert not c.streams.audio
+
+
+def test_live_sound_fills_an_outage_with_silence_and_stays_on_the_video_clock(tmp_path: Path) -> None:
+    from stream.live import _AudioEncoder
+
+    rate = 8000  # a camera's G.711 rate: resampled to 48 kHz for AAC
+    chunk = 160  # 20 ms, as RTP sends it
+    tone = lambda n0: (0.3 * np.sin(2 * np.pi * 440 * (n0 + np.arange(chunk)) / rate)).astype(np.float32)  # noqa: E731
+
+    def frame(n0: int) -> av.AudioFrame:
+        f = av.AudioFrame.from_ndarray(tone(n0)[None], format="fltp", layout="mono")
+        f.sample_rate = rate
+        return f
+
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), "w") as out:
+        sound = _AudioEncoder(out, 1)
+        # 1 s of sound from 0.5 s, the camera away for 2 s, 1 s more (its clock a little off, as after a
+        # reconnect), and half a second from before what was written (a clock gone back): skipped.
+        for n0 in range(0, rate, chunk):
+            out.mux(sound.feed(frame(n0), 0.5 + n0 / rate))
+        for n0 in range(0, rate, chunk):
+            out.mux(sound.feed(frame(n0), 3.53 + n0 / rate))
+        for n0 in range(0, rate // 2, chunk):
+            out.mux(sound.feed(frame(n0), 1.0 + n0 / rate))
+        out.mux(sound.flush())
+    samples, start, out_rate = sound_of(path)
+    assert out_rate == 48000 and abs(start - 0.5) < 0.03  # AAC primes with 1024 samples (21 ms)
+    level = lambda t0, t1: float(np.sqrt(np.mean(samples[int((t0 - start) * 48000):int((t1 - start) * 48000)] ** 2)))  # noqa: E731
+    assert level(0.6, 1.4) > 0.15 and level(3.6, 4.4) > 0.15, "the tone on both sides"
+    assert level(1.6, 3.4) < 0.01, "silence while the camera was away"
+    # The second second starts where its clock says (3.53 s), not right after the first (1.5 s).
+    loud = np.flatnonzero(np.abs(samples) > 0.05) / 48000 + start
+    resumed = loud[loud > 2.0][0]
+    assert abs(resumed - 3.53) < 0.03, resumed
+    assert abs(start + len(samples) / 48000 - 4.53) < 0.05, "ends where its clock says: nothing appended"

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 from liveutil import RtspServer, face_frames, free_port, rtsp_server_missing, write_jpeg
+from mediautil import peak_hz, sound_of, video_span
 
 from stream.live import CaptureSource
 
@@ -165,3 +166,32 @@ async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_
     assert len(decoded) >= 30, (len(decoded), report)
     first_frame = decoded[0]
     assert np.abs(first_frame.astype(int) - picture).mean() < 12
+
+
+def test_live_recording_of_a_camera_keeps_its_microphone(tmp_path: Path, face_jpeg: Path) -> None:
+    """An IP camera's G.711 A-law sound (8 kHz) is recorded as AAC beside the swapped picture, on its clock."""
+    from matplotlib import cbook
+
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    server = RtspServer(face_jpeg, free_port())
+    server.audio = True
+    server.start()
+    rec = tmp_path / "rec.mp4"
+    try:
+        proc = _run_live_cli(["--source", str(hopper), server.url, "-o", str(rec), "--duration", "5",
+                              "--report", str(tmp_path / "r.json")], tmp_path)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["output"]["audio"] is True and report["frames_out"] > 10, report
+    with av.open(str(rec)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+    samples, start, rate = sound_of(rec)
+    first, last = video_span(rec)
+    end = start + len(samples) / rate
+    # Sound from the first frame to the last: what came before the first frame (the camera's first keyframe
+    # is up to a GOP away) is left out, what came after the last one too (to within a 128 ms RTP packet).
+    assert abs(start - first) < 0.05 and -0.05 < end - last < 0.25, (start, end, first, last)
+    assert abs(peak_hz(samples[len(samples) // 4:3 * len(samples) // 4], rate) - 440) < 5

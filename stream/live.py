@@ -115,9 +115,12 @@ class LiveAudio:
     not take sound (a v4l2 loopback) holds only its last few seconds.
     """
 
-    def __init__(self, channels: int = 2, *, max_frames: int = 512) -> None:
+    def __init__(self, channels: int = 2, *, max_frames: int = 512, present: bool = False) -> None:
         self.channels = channels
         """Channels of the input's sound (1 or more; the output keeps mono as mono, the rest as stereo)."""
+        self.present = present
+        """Whether the input has sound (an RTSP input says so once connected): an output opened without it
+        adds no audio stream."""
         self._items: deque[tuple[av.AudioFrame, float]] = deque(maxlen=max_frames)
         self._lock = threading.Lock()
 
@@ -142,7 +145,7 @@ class FileAudio(LiveAudio):
     def __init__(self, source: Any) -> None:
         stream = next(s for s in source.copy_streams if s.type == "audio")
         ctx = stream.codec_context
-        super().__init__(max(1, ctx.channels))
+        super().__init__(max(1, ctx.channels), present=True)
         self._index = stream.index
         self._time_base = stream.time_base
         self._decoder = av.CodecContext.create(ctx.name, "r")
@@ -347,6 +350,7 @@ class CaptureSource(FrameTrack):
             raise InputError(f"INPUT has no video stream: {self.spec}")
         if self.audio is not None and container.streams.audio:
             self.audio.channels = max(1, container.streams.audio[0].codec_context.channels)
+            self.audio.present = True
         return container
 
     def _run(self) -> None:
@@ -584,7 +588,7 @@ class EncodedOutput:
         stream.codec_context.time_base = Fraction(1, 1000)
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(self.crf)}
         self._stream = stream
-        if self.audio is not None and self.kind == "file":
+        if self.audio is not None and self.audio.present and self.kind == "file":
             self._sound = _AudioEncoder(self._container, self.audio.channels)
 
     def _encode(self, frame: Frame) -> None:

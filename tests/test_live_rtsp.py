@@ -93,6 +93,9 @@ def test_live_command_survives_a_camera_restart(tmp_path: Path, face_jpeg: Path)
         times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
     assert len(times) == report["frames_out"]
     assert all(b > a for a, b in itertools.pairwise(times))
+    assert report["output"]["audio"] is False, "a camera without a microphone: no (empty) audio track"
+    with av.open(str(tmp_path / "rec.mkv")) as c:
+        assert not c.streams.audio
     gaps = np.diff(times)
     # One hole where the camera was away, frames on both sides of it.
     hole = int(np.argmax(gaps))

@@ -108,11 +108,11 @@ def swap_processor_factory(*, faces: FaceSelection = "largest",
 
 
 class LiveAudio:
-    """The input's sound on its way to a recording or a push: decoded :class:`av.AudioFrame` s, each with its
-    start in seconds on the clock of the frames' ``pts`` (what the output stamps video with).
+    """The input's sound on its way to a recording: decoded :class:`av.AudioFrame` s, each with its start in
+    seconds on the clock of the frames' ``pts`` (what the output stamps video with).
 
-    Thread-safe: a capture thread puts, the output's thread drains. Bounded, so that a run whose output does
-    not take sound (a v4l2 loopback) holds only its last few seconds.
+    Thread-safe: a capture thread puts, the output's thread drains (at every frame it writes). Bounded, so
+    that an output stalled on a frame holds only the last few seconds.
     """
 
     def __init__(self, channels: int = 2, *, max_frames: int = 512, present: bool = False) -> None:
@@ -195,8 +195,7 @@ class _AudioEncoder:
         self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.RATE)
         self._pending = np.zeros((1 if channels == 1 else 2, 0), np.float32)
         self._start: int | None = None  # sample index (output clock) of the first sample
-        self._fed = 0  # samples fed since
-        self._next_pts = 0
+        self._fed = 0  # samples fed since (the encoded ones, then those still pending)
 
     def feed(self, frame: av.AudioFrame, seconds: float, until: float | None = None) -> list[av.Packet]:
         """Encode ``frame`` (starting at ``seconds``); nothing of it after ``until`` (seconds)."""
@@ -209,7 +208,7 @@ class _AudioEncoder:
                 data, at = data[:, -at:], 0
             if not data.shape[1]:
                 return []
-            self._start = self._next_pts = at
+            self._start = at
         end = self._start + self._fed
         if at > end + self.SLACK * self.RATE:  # the input was away: silence until it is back
             self._append(np.zeros((self._pending.shape[0], at - end), np.float32))
@@ -231,12 +230,13 @@ class _AudioEncoder:
     def _encode(self, *, final: bool) -> list[av.Packet]:
         packets: list[av.Packet] = []
         n = self.SAMPLES
+        assert self._start is not None
         while self._pending.shape[1] >= n or (final and self._pending.shape[1]):
+            pts = self._start + self._fed - self._pending.shape[1]  # the first pending sample's
             chunk = np.ascontiguousarray(self._pending[:, :n])
             self._pending = self._pending[:, n:]
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
-            frame.sample_rate, frame.pts, frame.time_base = self.RATE, self._next_pts, Fraction(1, self.RATE)
-            self._next_pts += chunk.shape[1]
+            frame.sample_rate, frame.pts, frame.time_base = self.RATE, pts, Fraction(1, self.RATE)
             packets.extend(self.stream.encode(frame))
         return packets
 

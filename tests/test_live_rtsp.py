@@ -102,22 +102,27 @@ def test_live_command_survives_a_camera_restart(tmp_path: Path, face_jpeg: Path)
     assert gaps[hole] >= 1.0 and hole >= 1 and len(times) - hole - 1 >= 5, (times, report)
 
 
-def test_live_command_pushes_to_an_rtsp_server(tmp_path: Path, face_jpeg: Path) -> None:
+def _live_from(server: RtspServer, output: str, seconds: int, tmp_path: Path) -> dict:
+    """Run ``facestream live`` from the started ``server`` to ``output`` for ``seconds``, then stop the server;
+    the run's report (it must have succeeded)."""
     from matplotlib import cbook
 
     hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    server = RtspServer(face_jpeg, free_port())
-    server.record_dir = tmp_path
-    server.start()
-    push = server.url.replace("/face", "/record")
     try:
-        proc = _run_live_cli(["--source", str(hopper), server.url, "-o", push, "--duration", "4",
+        proc = _run_live_cli(["--source", str(hopper), server.url, "-o", output, "--duration", str(seconds),
                               "--report", str(tmp_path / "r.json")], tmp_path)
         _out, err = proc.communicate(timeout=60)
     finally:
         server.stop()
     assert proc.returncode == 0, err
-    report = json.loads((tmp_path / "r.json").read_text())
+    return json.loads((tmp_path / "r.json").read_text())
+
+
+def test_live_command_pushes_to_an_rtsp_server(tmp_path: Path, face_jpeg: Path) -> None:
+    server = RtspServer(face_jpeg, free_port())
+    server.record_dir = tmp_path
+    server.start()
+    report = _live_from(server, server.url.replace("/face", "/record"), 4, tmp_path)
     with av.open(str(tmp_path / "record.mkv")) as c:
         received = sum(1 for _ in c.decode(video=0))
     assert report["output"]["frames"] > 0 and received >= report["output"]["frames"] - 2, (received, report)
@@ -173,21 +178,11 @@ async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_
 
 def test_live_recording_of_a_camera_keeps_its_microphone(tmp_path: Path, face_jpeg: Path) -> None:
     """An IP camera's G.711 A-law sound (8 kHz) is recorded as AAC beside the swapped picture, on its clock."""
-    from matplotlib import cbook
-
-    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     server = RtspServer(face_jpeg, free_port())
     server.audio = True
     server.start()
     rec = tmp_path / "rec.mp4"
-    try:
-        proc = _run_live_cli(["--source", str(hopper), server.url, "-o", str(rec), "--duration", "5",
-                              "--report", str(tmp_path / "r.json")], tmp_path)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        server.stop()
-    assert proc.returncode == 0, err
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = _live_from(server, str(rec), 5, tmp_path)
     assert report["output"]["audio"] is True and report["frames_out"] > 10, report
     with av.open(str(rec)) as c:
         assert c.streams.audio[0].codec_context.name == "aac"

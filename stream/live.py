@@ -140,10 +140,15 @@ class FileAudio(LiveAudio):
     """The first audio stream of a live file input (:class:`~stream.sources.VideoFileSource`), taken from its
     passthrough channel and decoded on the output's thread by a decoder of its own (the file's streams go
     with the source, which may stop before the output has written its last frame). Its clock is the file's,
-    as the frames' ``pts`` are."""
+    as the frames' ``pts`` are. :meth:`of` makes one for a source that has sound."""
 
-    def __init__(self, source: Any) -> None:
-        stream = next(s for s in source.copy_streams if s.type == "audio")
+    @classmethod
+    def of(cls, source: FrameTrack) -> FileAudio | None:
+        """The sound of a file source made by :func:`open_input`; None when it has none."""
+        stream = next((s for s in getattr(source, "copy_streams", ()) if s.type == "audio"), None)
+        return None if stream is None else cls(source, stream)
+
+    def __init__(self, source: Any, stream: Any) -> None:
         ctx = stream.codec_context
         super().__init__(max(1, ctx.channels), present=True)
         self._index = stream.index
@@ -174,11 +179,6 @@ class FileAudio(LiveAudio):
         return out
 
 
-def has_audio(source: FrameTrack) -> bool:
-    """Whether a file source made by :func:`open_input` has sound a live output can carry."""
-    return any(s.type == "audio" for s in getattr(source, "copy_streams", ()))
-
-
 class _AudioEncoder:
     """AAC at 48 kHz for a live output: the input's sound resampled, gaps (an outage, a reconnect) filled
     with silence and overlaps dropped, so that it stays on the video's clock; cut where the video ends."""
@@ -192,7 +192,8 @@ class _AudioEncoder:
         self.stream = container.add_stream("aac", rate=self.RATE)
         self.stream.layout = self.layout
         self.stream.time_base = Fraction(1, self.RATE)
-        self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.RATE)
+        self._resampler: av.AudioResampler | None = None
+        self._input: tuple[str, str, int] | None = None  # the (format, layout, rate) it resamples
         self._pending = np.zeros((1 if channels == 1 else 2, 0), np.float32)
         self._start: int | None = None  # sample index (output clock) of the first sample
         self._fed = 0  # samples fed since (the encoded ones, then those still pending)
@@ -201,6 +202,11 @@ class _AudioEncoder:
         """Encode ``frame`` (starting at ``seconds``); nothing of it after ``until`` (seconds)."""
         at = round(seconds * self.RATE)
         frame.pts = None  # the resampler need not keep time: the samples' count does
+        settings = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if settings != self._input:  # the first sound, or a camera back with other settings: resample those
+            self._input = settings
+            self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.RATE)
+        assert self._resampler is not None
         chunks = [out.to_ndarray() for out in self._resampler.resample(frame)]
         data = np.concatenate(chunks, axis=1) if chunks else self._pending[:, :0]
         if self._start is None:
@@ -834,8 +840,8 @@ async def run_live(
     if options.output is not None and output_kind(options.output) == "file":  # a recording keeps the sound
         if isinstance(source, CaptureSource) and source.kind == "rtsp":
             audio = source.audio = LiveAudio()
-        elif has_audio(source):
-            audio = FileAudio(source)
+        else:
+            audio = FileAudio.of(source)
     output = (open_output(options.output, fps=options.fps, metadata=mode, reconnect=options.reconnect,
                           audio=audio) if options.output else None)
     executor = ThreadPoolExecutor(1, thread_name_prefix="facestream-live")

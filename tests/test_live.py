@@ -276,3 +276,29 @@ def test_live_sound_fills_an_outage_with_silence_and_stays_on_the_video_clock(tm
     resumed = loud[loud > 2.0][0]
     assert abs(resumed - 3.53) < 0.03, resumed
     assert abs(start + len(samples) / 48000 - 4.53) < 0.05, "ends where its clock says: nothing appended"
+
+
+def test_live_sound_goes_on_when_a_camera_comes_back_with_other_audio_settings(tmp_path: Path) -> None:
+    from stream.live import _AudioEncoder
+
+    def tone(rate: int, layout: str, t0: float) -> av.AudioFrame:
+        n = rate // 50  # 20 ms
+        t = t0 + np.arange(n) / rate
+        wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        f = av.AudioFrame.from_ndarray(np.tile(wave, (2 if layout == "stereo" else 1, 1)), format="fltp", layout=layout)
+        f.sample_rate = rate
+        return f
+
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), "w") as out:
+        sound = _AudioEncoder(out, 1)
+        # 1 s of 8 kHz mono, then the camera reconfigured: 1 s of 16 kHz stereo straight after.
+        for k in range(50):
+            out.mux(sound.feed(tone(8000, "mono", k / 50), k / 50))
+        for k in range(50, 100):
+            out.mux(sound.feed(tone(16000, "stereo", k / 50), k / 50))
+        out.mux(sound.flush())
+    samples, start, rate = sound_of(path)
+    assert abs(start + len(samples) / rate - 2.0) < 0.05, "both seconds, one after the other"
+    second = samples[int((1.2 - start) * rate):int((1.8 - start) * rate)]
+    assert float(np.sqrt(np.mean(second ** 2))) > 0.15 and abs(peak_hz(second, rate) - 440) < 5

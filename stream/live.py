@@ -108,8 +108,8 @@ def swap_processor_factory(*, faces: FaceSelection = "largest",
 
 
 class LiveAudio:
-    """The input's sound on its way to a recording: decoded :class:`av.AudioFrame` s, each with its start in
-    seconds on the clock of the frames' ``pts`` (what the output stamps video with).
+    """The input's sound on its way to a recording or a push: decoded :class:`av.AudioFrame` s, each with its
+    start in seconds on the clock of the frames' ``pts`` (what the output stamps video with).
 
     Thread-safe: a capture thread puts, the output's thread drains (at every frame it writes). Bounded, so
     that an output stalled on a frame holds only the last few seconds.
@@ -181,14 +181,16 @@ class FileAudio(LiveAudio):
 
 class _AudioEncoder:
     """AAC at 48 kHz for a live output: the input's sound resampled, gaps (an outage, a reconnect) filled
-    with silence and overlaps dropped, so that it stays on the video's clock; cut where the video ends."""
+    with silence and overlaps dropped, so that it stays on the video's clock; cut where the video starts
+    (``start``, seconds) and where it ends."""
 
     RATE = 48000
     SAMPLES = 1024  # the AAC encoder's frame
     SLACK = 0.2  # seconds by which the input's clock may wander from the samples' count before it is followed
 
-    def __init__(self, container: Any, channels: int) -> None:
+    def __init__(self, container: Any, channels: int, start: float = 0.0) -> None:
         self.layout = "mono" if channels == 1 else "stereo"
+        self._first = round(start * self.RATE)  # nothing before the video's first frame
         self.stream = container.add_stream("aac", rate=self.RATE)
         self.stream.layout = self.layout
         self.stream.time_base = Fraction(1, self.RATE)
@@ -210,8 +212,8 @@ class _AudioEncoder:
         chunks = [out.to_ndarray() for out in self._resampler.resample(frame)]
         data = np.concatenate(chunks, axis=1) if chunks else self._pending[:, :0]
         if self._start is None:
-            if at < 0:  # sound from before the first frame
-                data, at = data[:, -at:], 0
+            if at < self._first:  # sound from before the first frame
+                data, at = data[:, self._first - at:], self._first
             if not data.shape[1]:
                 return []
             self._start = at
@@ -534,7 +536,8 @@ def output_kind(spec: str) -> OutputKind:
 
 
 class EncodedOutput:
-    """A recording file or an RTSP push, H.264 tuned for latency, encoded on a thread of its own.
+    """A recording file or an RTSP push, H.264 tuned for latency, encoded on a thread of its own, with the
+    input's sound (``audio``) as AAC when it has any.
 
     Opened at the first frame (its size fixes the stream's); timestamps come from the frames'
     ``pts`` (the capture clock), so dropped frames show as gaps in time, not as a faster video. The
@@ -542,7 +545,8 @@ class EncodedOutput:
 
     An RTSP push that fails after it was up (the server restarted, the network dropped) is reopened
     with ``reconnect``'s back-off; frames that arrive while it is down are counted in ``dropped`` and
-    the new session starts with a keyframe. A push that cannot be opened at all fails at once.
+    the new session starts with a keyframe, its sound with that frame. A push that cannot be opened at all
+    fails at once.
     """
 
     def __init__(self, target: str, *, fps: float = 30.0, kind: OutputKind = "file", crf: int = 23,
@@ -550,8 +554,9 @@ class EncodedOutput:
                  audio: LiveAudio | None = None) -> None:
         self.target = target
         self.audio = audio
-        """The input's sound, recorded as AAC beside the video (recordings only)."""
-        self._sound: _AudioEncoder | None = None
+        """The input's sound, sent as AAC beside the video."""
+        self._sound: _AudioEncoder | None = None  # the open container's (a push's session's)
+        self._with_sound = False
         self._held: list[tuple[av.AudioFrame, float]] = []  # sound waiting for its video frames
         self._last_time: float | None = None  # seconds: where the last video frame written ends
         self.kind = kind
@@ -575,11 +580,15 @@ class EncodedOutput:
         self.reconnects = 0
         self.failures = 0
 
-    def _open(self, frame: Frame) -> None:
+    def _open(self, frame: Frame, start: float) -> None:
         fmt = "rtsp" if self.kind == "rtsp" else None
         # A socket timeout (microseconds), so a push to a vanished server fails instead of hanging.
         timeout = str(int(self.reconnect.read_timeout * 1e6))
         options = {"rtsp_transport": "tcp", "timeout": timeout} if self.kind == "rtsp" else {}
+        # The muxer interleaves by time and waits for every stream: a camera whose sound stops would hold
+        # the picture back for up to its default 10 s. A push must not wait; a file may.
+        if self.kind == "rtsp":
+            options["max_interleave_delta"] = "300000"  # microseconds
         try:
             self._container = av.open(self.target, "w", format=fmt, options=options)
         except (av.FFmpegError, OSError) as exc:
@@ -594,18 +603,19 @@ class EncodedOutput:
         stream.codec_context.time_base = Fraction(1, 1000)
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(self.crf)}
         self._stream = stream
-        if self.audio is not None and self.audio.present and self.kind == "file":
-            self._sound = _AudioEncoder(self._container, self.audio.channels)
+        if self.audio is not None and self.audio.present:
+            self._sound = _AudioEncoder(self._container, self.audio.channels, start)
+            self._with_sound = True
 
     def _encode(self, frame: Frame) -> None:
+        pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
+        pts = max(pts, self._last_pts + 1)
         if self._container is None:
-            self._open(frame)
+            self._open(frame, pts / 1000)
         if (frame.width, frame.height) == (self._stream.width, self._stream.height):
             vf = frame.to_yuv420()  # the decoded planes, with only what stages pasted converted back
         else:
             vf = yuv420_frame(frame.image[: self._stream.height, : self._stream.width])
-        pts = round(frame.pts * frame.time_base * 1000) if frame.pts is not None and frame.time_base else 0
-        pts = max(pts, self._last_pts + 1)
         vf.pts, vf.time_base = pts, Fraction(1, 1000)
         try:
             self._container.mux(self._stream.encode(vf))
@@ -654,7 +664,8 @@ class EncodedOutput:
         if self._attempt == 0:
             logger.warning("%s: push failed (%s); reconnecting", self.target, exc)
         self.failures += 1
-        container, self._container, self._stream = self._container, None, None
+        container, self._container, self._stream, self._sound = self._container, None, None, None
+        self._held = []  # the next session's sound starts with its first frame
         if container is not None:
             with contextlib.suppress(Exception):
                 container.close()
@@ -690,9 +701,8 @@ class EncodedOutput:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         finally:
             self._executor.shutdown(wait=False)
-        report: dict[str, Any] = {"output": self.target, "kind": self.kind, "frames": self.frames}
-        if self.kind == "file":
-            report["audio"] = self._sound is not None
+        report: dict[str, Any] = {"output": self.target, "kind": self.kind, "frames": self.frames,
+                                  "audio": self._with_sound}
         if self.kind == "rtsp":
             report.update(dropped=self.dropped, reconnects=self.reconnects, failures=self.failures)
         return report
@@ -736,7 +746,7 @@ class VirtualCameraOutput:
 def open_output(spec: str, *, fps: float = 30.0, metadata: dict[str, str] | None = None,
                 reconnect: ReconnectPolicy | None = None, audio: LiveAudio | None = None) -> LiveOutput:
     """The :class:`LiveOutput` for ``spec``: a recording file, an ``rtsp://`` push or ``/dev/videoN``;
-    ``audio`` is recorded beside the video in a recording file."""
+    ``audio`` goes beside the video in a recording or a push (a virtual camera has no sound)."""
     kind = output_kind(spec)
     if kind == "v4l2":
         return VirtualCameraOutput(spec, fps=fps)
@@ -837,7 +847,7 @@ async def run_live(
     source = open_input(options.input, reconnect=options.reconnect, queue_size=options.queue_size)
     mode = {"facestream_mode": "live/weight-free" if processor is None else "live"}
     audio: LiveAudio | None = None
-    if options.output is not None and output_kind(options.output) == "file":  # a recording keeps the sound
+    if options.output is not None and output_kind(options.output) != "v4l2":  # recordings, pushes keep the sound
         if isinstance(source, CaptureSource) and source.kind == "rtsp":
             audio = source.audio = LiveAudio()
         else:

@@ -2,8 +2,9 @@
 
 Run with the system Python (it needs python3-gi): serves ``rtsp://127.0.0.1:PORT/face``, a still image
 with a face encoded live as H.264 at ``--fps``; with ``--record-dir`` also accepts RTSP pushes (RECORD)
-on ``/record``, written to ``record.mkv`` there; with ``--audio`` the stream also carries a 440 Hz tone as
-G.711 A-law at 8 kHz, as IP cameras send their microphone. Prints ``READY`` once listening.
+on ``/record`` (H.264), written to ``record.mkv`` there, and on ``/record-av`` (H.264 + AAC, as FFmpeg sends
+them), written to ``record-av.mkv``; with ``--audio`` the stream also carries a 440 Hz tone as G.711 A-law at
+8 kHz, as IP cameras send their microphone. Prints ``READY`` once listening.
 """
 
 import argparse
@@ -51,6 +52,13 @@ def main() -> None:
             "( rtph264depay name=depay0 ! h264parse ! matroskamux streamable=true "
             f'! filesink location="{args.record_dir}/record.mkv" )')
         mounts.add_factory("/record", record)
+        record_av = GstRtspServer.RTSPMediaFactory()
+        record_av.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
+        record_av.set_launch(
+            "( rtph264depay name=depay0 ! h264parse ! matroskamux name=mux streamable=true "
+            f'! filesink location="{args.record_dir}/record-av.mkv" '
+            "rtpmp4gdepay name=depay1 ! aacparse ! mux. )")
+        mounts.add_factory("/record-av", record_av)
 
     if server.attach(None) == 0:
         print("FAILED to bind", flush=True)

@@ -128,9 +128,10 @@ def test_live_command_pushes_to_an_rtsp_server(tmp_path: Path, face_jpeg: Path) 
     assert report["output"]["frames"] > 0 and received >= report["output"]["frames"] - 2, (received, report)
 
 
-async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_jpeg: Path) -> None:
+@pytest.mark.parametrize("sound", [False, True], ids=["picture", "with-sound"])
+async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_jpeg: Path, sound: bool) -> None:
     from stream.frames import Frame
-    from stream.live import EncodedOutput, ReconnectPolicy
+    from stream.live import EncodedOutput, LiveAudio, ReconnectPolicy
 
     picture = face_frames(320, 240, 1)[0]
     server = RtspServer(face_jpeg, free_port())
@@ -139,16 +140,26 @@ async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_
     second.mkdir()
     server.record_dir = first
     server.start()
-    push = server.url.replace("/face", "/record")
-    out = EncodedOutput(push, fps=30, kind="rtsp", reconnect=ReconnectPolicy(maximum=0.2, read_timeout=1.0))
+    push = server.url.replace("/face", "/record-av" if sound else "/record")
+    audio = LiveAudio(1, present=True) if sound else None
+    out = EncodedOutput(push, fps=30, kind="rtsp", reconnect=ReconnectPolicy(maximum=0.2, read_timeout=1.0),
+                        audio=audio)
     t0 = time.monotonic()
     index = 0
+    heard = 0  # samples of the tone put so far (48 kHz, from t0)
 
     async def send(seconds: float) -> None:
-        nonlocal index
+        nonlocal index, heard
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             now = time.monotonic()
+            if audio is not None:  # the sound up to a frame ahead, as a capture thread puts it
+                upto = round((now - t0 + 1 / 30) * 48000)
+                tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(heard, upto) / 48000)
+                chunk = av.AudioFrame.from_ndarray(tone[None].astype(np.float32), format="fltp", layout="mono")
+                chunk.sample_rate = 48000
+                audio.put(chunk, heard / 48000)
+                heard = upto
             await out.write(Frame(index=index, image=picture, pts=round((now - t0) * 90000),
                                   time_base=Fraction(1, 90000), capture_time=now))
             index += 1
@@ -168,12 +179,19 @@ async def test_rtsp_push_resumes_after_the_server_restarts(tmp_path: Path, face_
     assert report["reconnects"] >= 1 and report["failures"] >= 1 and report["dropped"] >= 1, report
     assert report["frames"] + report["dropped"] == index, report
     # (The first session's file is cut short by the server's death; the second is the push resumed.)
-    with av.open(str(second / "record.mkv")) as c:
+    with av.open(str(second / ("record-av.mkv" if sound else "record.mkv"))) as c:
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     # It starts with a keyframe, so all of it decodes: about 2.5 s at 30 fps, less the reconnection.
     assert len(decoded) >= 30, (len(decoded), report)
     first_frame = decoded[0]
     assert np.abs(first_frame.astype(int) - picture).mean() < 12
+    assert report["audio"] is sound, report
+    if sound:
+        # The resumed session's sound starts with its first frame, not with what was put during the outage.
+        samples, start, rate = sound_of(second / "record-av.mkv")
+        begin, last = video_span(second / "record-av.mkv")
+        assert abs(start - begin) < 0.3 and abs(start + len(samples) / rate - last) < 0.4, (start, begin, last)
+        assert abs(peak_hz(samples, rate) - 440) < 5
 
 
 def test_live_recording_of_a_camera_keeps_its_microphone(tmp_path: Path, face_jpeg: Path) -> None:
@@ -192,4 +210,26 @@ def test_live_recording_of_a_camera_keeps_its_microphone(tmp_path: Path, face_jp
     # Sound from the first frame to the last: what came before the first frame (the camera's first keyframe
     # is up to a GOP away) is left out, what came after the last one too (to within a 128 ms RTP packet).
     assert abs(start - first) < 0.05 and -0.05 < end - last < 0.25, (start, end, first, last)
+    assert abs(peak_hz(samples[len(samples) // 4:3 * len(samples) // 4], rate) - 440) < 5
+
+
+def test_live_push_of_a_camera_carries_its_microphone(tmp_path: Path, face_jpeg: Path) -> None:
+    """Restreaming a camera with a microphone sends its sound along: the server receives H.264 and AAC, the
+    tone over the picture's span."""
+    server = RtspServer(face_jpeg, free_port())
+    server.audio = True
+    server.record_dir = tmp_path
+    server.start()
+    report = _live_from(server, server.url.replace("/face", "/record-av"), 5, tmp_path)
+    assert report["output"]["audio"] is True and report["output"]["frames"] > 10, report
+    received = tmp_path / "record-av.mkv"
+    with av.open(str(received)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames >= report["output"]["frames"] - 2, (frames, report)
+    samples, start, rate = sound_of(received)
+    first, last = video_span(received)
+    end = start + len(samples) / rate
+    # The server stamps what it receives by arrival (RTP over TCP): the two tracks line up within a packet or two.
+    assert abs(start - first) < 0.3 and abs(end - last) < 0.4, (start, end, first, last)
     assert abs(peak_hz(samples[len(samples) // 4:3 * len(samples) // 4], rate) - 440) < 5

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-# How much higher (detector score, 0-1) a photo's face must score turned than as it is for the photo to be turned.
-_TURN_MARGIN = 0.05
 # Shortest side (pixels) of a source photo below which a missing face is blamed on its size: a portrait that
 # small holds a face under about 24 pixels tall, which the tracker does not keep (TrackerConfig.min_face_px).
 _SMALL_SOURCE = 64
@@ -166,12 +164,14 @@ _TURN_NAMES = {90: "a quarter turn counter-clockwise", 180: "half a turn", 270: 
 def upright_rotation(tracker: FaceTracker, image: np.ndarray | Frame, rotation: int = 0) -> int:
     """The display rotation (degrees counter-clockwise) under which ``image`` shows its face upright.
 
-    The detector finds upright faces, and a face turned away from upright (a scan, a photo whose EXIF
-    orientation was lost) is either missed or, upside down, found with a wrong mesh. So the detector scores
-    the image under ``rotation`` (its own display rotation) and a quarter turn either way and half a turn
-    from it; ``rotation`` is kept unless another scores clearly higher.
+    The detector finds upright faces: a face turned away from upright (a scan, a photo whose EXIF orientation
+    was lost) is often missed when the whole image is searched. So the detector scores the image under
+    ``rotation`` (its own display rotation) and a quarter turn either way and half a turn from it;
+    ``rotation`` is kept unless another scores clearly higher (:data:`~stream.tracking.TURN_MARGIN`).
     """
-    best, best_score = rotation, tracker.detection_score(image, rotation=rotation) + _TURN_MARGIN
+    from stream.tracking import TURN_MARGIN
+
+    best, best_score = rotation, tracker.detection_score(image, rotation=rotation) + TURN_MARGIN
     for turn in (90, 270, 180):  # sideways first: the likelier
         score = tracker.detection_score(image, rotation=(rotation + turn) % 360)
         if score > best_score:

@@ -87,15 +87,16 @@ def _turned_points(pts: np.ndarray, size: tuple[int, int], turn: int | None) -> 
 @pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180])
 def test_a_photo_lying_sideways_or_upside_down_is_turned_upright(turn: int, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture):
-    # A scan, or a photo whose EXIF orientation was lost. Lying on its side the face is missed; upside down it is
-    # found, with a mesh far off the face (an upright mesh laid over it).
+    # A scan, or a photo whose EXIF orientation was lost. Lying on its side the face is missed by the detector, which
+    # looks for upright faces; upside down it is found, and meshed the right way up (the tracker turns a face that
+    # scores higher turned: tests/test_tracking.py). The source bank turns the photo upright all the same.
     upright = _portrait()
     h, w = upright.shape[:2]
     want = detect_faces(upright, max_faces=1)[0].landmarks[:, :2]
     path = tmp_path / "turned.png"
     cv2.imwrite(str(path), cv2.cvtColor(cv2.rotate(upright, turn), cv2.COLOR_RGB2BGR))
     as_is = detect_faces(cv2.rotate(upright, turn), max_faces=1)
-    assert not as_is or np.abs(as_is[0].landmarks[:, :2] - _turned_points(want, (w, h), turn)).max() > 0.1 * h
+    assert not as_is or np.abs(as_is[0].landmarks[:, :2] - _turned_points(want, (w, h), turn)).max() < 0.01 * h
     with caplog.at_level(logging.INFO, logger="stream.swap"):
         bank = load_source_bank(path)
     assert "the source face stands upright with the image turned" in caplog.text

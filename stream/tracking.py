@@ -477,21 +477,26 @@ class _Detector:
         return found
 
     def upright(self, image: Pixels, detection: _Detection, rotation: int) -> _Detection:
-        """``detection`` (found under display ``rotation``), or the same face found with the frame turned a
-        quarter or half turn from it when it scores clearly higher that way (:data:`TURN_MARGIN`).
+        """``detection`` (found under display ``rotation``) seen again close up: the same face found in a
+        square around it as it is, or with the frame turned a quarter or half turn when it scores clearly
+        higher that way (:data:`TURN_MARGIN`).
 
         The detector is made for upright faces: a face lying on its side or upside down that it still finds
         gets its eyes labelled as if it stood upright, and the mesh network, which takes the ROI's angle from
-        them, then lays a confident upright mesh across it (measured: about half the face's height off). Turned
-        upright, the face scores higher and its eyes are labelled right. Three more detector runs (about
-        18 ms), once per face found, not per frame.
+        them, then lays a confident upright mesh across it (measured: about half the face's height off).
+        Turned upright, the face scores higher and its eyes are labelled right. The scores compared all come
+        from the same square: a scan sees a face smaller (a whole 1080p frame is shrunk 6 times) and scores
+        it lower than a turn seen close up, and its eyes less exactly (a small tilted face's ROI 15 degrees
+        off, too far for the mesh). Four detector runs (about 25 ms), once per face found, not per frame.
         """
-        best, best_score = detection, detection.score + TURN_MARGIN
-        for turn in (90, 270, 180):  # sideways first: the likelier
+        close: dict[int, _Detection] = {}
+        for turn in (0, 90, 270, 180):
             for d in self.detect_near(image, detection.box, (rotation + turn) % 360):
-                if d.score > best_score and _iou(d.box, detection.box) >= 0.3:
-                    best, best_score = d, d.score
-        return best
+                if _iou(d.box, detection.box) >= 0.3 and d.score > getattr(close.get(turn), "score", -1.0):
+                    close[turn] = d
+        best = close.pop(0, detection)
+        turned = max(close.values(), key=lambda d: d.score, default=None)
+        return turned if turned is not None and turned.score > best.score + TURN_MARGIN else best
 
     def detect_near(self, image: Pixels, box: tuple[float, float, float, float],
                     rotation: int) -> list[_Detection]:
@@ -559,7 +564,7 @@ class FaceTracker:
 
     Detection is spread over frames: a scan is a list of regions (the whole frame, then tiles) and one
     region is detected per frame, so no frame pays for more than one detector run (about 6 ms) to scan, on
-    top of its meshes (and three more to check which way up a face stands on the frame it is found). A
+    top of its meshes (and four more to check which way up a face stands on the frame it is found). A
     scan starts every ``detect_every`` frames while there is room for more faces, and back to back while
     no face is tracked; regions that have not changed since their last detection
     are skipped. Faces are meshed every ``mesh_every`` frames and carried by optical flow in between.
@@ -592,7 +597,7 @@ class FaceTracker:
         self.counters: dict[str, int] = {}
         """Running counts since construction: ``mesh`` (network runs on a tracked face), ``flow`` (faces
         carried by optical flow), ``detect`` (detector runs), ``detect_skipped`` (scan regions left out
-        as unchanged), ``detect_upright`` (detector runs checking which way up a face found stands, three a
+        as unchanged), ``detect_upright`` (detector runs checking which way up a face found stands, four a
         face) and ``remesh:<reason>`` (why the flow handed a face back to the network early)."""
 
     # -- public API ------------------------------------------------------------------------------
@@ -838,7 +843,7 @@ class FaceTracker:
         if not dets or limit <= 0:
             return []
         dets = [self._detector.upright(image, d, rotation) for d in dets]
-        self.counters["detect_upright"] = self.counters.get("detect_upright", 0) + 3 * len(dets)
+        self.counters["detect_upright"] = self.counters.get("detect_upright", 0) + 4 * len(dets)
         results = self._mesh.run(image, [d.roi for d in dets])
         for _ in range(refine_steps):
             ok = [pts for pts, presence in results if pts is not None and presence >= cfg.min_presence]

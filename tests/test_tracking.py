@@ -268,7 +268,30 @@ def test_a_face_lying_on_its_side_or_upside_down_in_video_is_meshed_on_the_face(
             errors.append(np.linalg.norm(back - reference[i][0].landmarks[:, :2], axis=1).mean()
                           / _height(reference[i][0]))
     assert len(errors) >= len(frames) // 2, len(errors)
-    assert max(errors) < 0.05, np.round(errors, 3)
+    # Across the face is half its height off. The frame a face is found on is the least exact (about 5 %: the
+    # reference is carried by optical flow there, the turned face meshed from a detection); the rest within 2 %.
+    assert max(errors) < 0.1 and np.median(errors) < 0.02, np.round(errors, 3)
+
+
+@pytest.mark.parametrize(("name", "height", "cx", "tilt"), [("astronaut", 60, 500, -20), ("astronaut", 60, 1400, -20),
+                                                          ("astronaut", 60, 1400, 0), ("grace_hopper", 100, 500, -20)])
+def test_a_face_the_scan_sees_small_is_meshed_from_a_close_look(name: str, height: int, cx: int, tilt: int) -> None:
+    """A whole 1080p frame is shrunk 6 times for the detector: a face found there is detected again close up
+    (as it is and turned, to see which way up it stands) and meshed from that look. From the scan's own eyes these
+    small tilted faces were not meshed at all; compared with the scan's lower score, upright faces could also be
+    taken for turned ones."""
+    face = Face(name, height)
+    img = _canvas(1920, 1080)
+    face.paste(img, (cx, 540.0))
+    if tilt:
+        img = cv2.warpAffine(img, cv2.getRotationMatrix2D((cx, 540), tilt, 1.0), (1920, 1080),
+                             borderValue=(GREY, GREY, GREY))
+    x0, y0 = max(0, cx - 300), 240
+    (near,) = detect_faces(np.ascontiguousarray(img[y0:y0 + 600, x0:x0 + 600]))  # the scan sees it big here
+    found = detect_faces(img)
+    assert len(found) == 1
+    error = np.linalg.norm(found[0].landmarks[:, :2] - near.landmarks[:, :2] - (x0, y0), axis=1).mean()
+    assert error < 0.03 * _height(near), error
 
 
 # ------------------------------------------------------------------------------------- API

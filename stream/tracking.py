@@ -25,7 +25,7 @@ How a frame is processed (:meth:`FaceTracker.track`):
    detector would only find again what it found then. Any track ending, or :data:`_MAX_UNSEEN` frames
    going by, makes every region count as changed. Detections over a tracked face are ignored; the rest
    start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and eyes and
-   is refined once from the mesh. A face found (new, or a lost one re-found) is first detected again
+   is refined twice from the mesh. A face found (new, or a lost one re-found) is first detected again
    around itself with the frame turned a quarter turn either way and half a turn, and taken from the turn
    where it scores clearly highest: the detector labels the eyes of a face lying on its side or upside
    down as if it stood upright, which would turn the ROI, and the mesh, the wrong way.
@@ -727,7 +727,7 @@ class FaceTracker:
         limit = self.config.max_faces if max_faces is None else max_faces
         h, w = image.shape[:2]
         detections = self._detector.detect(image, rotation, small_faces=small_faces)
-        meshes = self._meshes_from_detections(image, detections, limit, rotation, refine_steps=2)
+        meshes = self._meshes_from_detections(image, detections, limit, rotation)
         meshes.sort(key=lambda m: _area(_bbox(m[0])), reverse=True)
         return [self._face(i, pts, presence, w, h, rotation) for i, (pts, presence) in enumerate(meshes)]
 
@@ -832,9 +832,10 @@ class FaceTracker:
                            pose=LazyHeadPose(pts, image_size=(w, h), rotation=rotation),
                            score=float(min(max(score, 0.0), 1.0)))
 
-    def _meshes_from_detections(self, image: Pixels, detections: list[_Detection], limit: int, rotation: int,
-                                refine_steps: int = 1) -> list[tuple[np.ndarray, float]]:
-        """Meshes of the largest detections (at most ``limit``), each ROI refined from its mesh, each face
+    def _meshes_from_detections(self, image: Pixels, detections: list[_Detection], limit: int,
+                                rotation: int) -> list[tuple[np.ndarray, float]]:
+        """Meshes of the largest detections (at most ``limit``), each ROI refined twice from its mesh (near
+        where a tracked face's ROI settles: a track's first keyframe then hardly jumps), each face
         first checked for lying on its side or upside down (:meth:`_Detector.upright`)."""
         cfg = self.config
         dets = [d for d in detections
@@ -845,7 +846,7 @@ class FaceTracker:
         dets = [self._detector.upright(image, d, rotation) for d in dets]
         self.counters["detect_upright"] = self.counters.get("detect_upright", 0) + 4 * len(dets)
         results = self._mesh.run(image, [d.roi for d in dets])
-        for _ in range(refine_steps):
+        for _ in range(2):
             ok = [pts for pts, presence in results if pts is not None and presence >= cfg.min_presence]
             if not ok:
                 return []

@@ -26,9 +26,10 @@ How a frame is processed (:meth:`FaceTracker.track`):
    going by, makes every region count as changed. Detections over a tracked face are ignored; the rest
    start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and eyes and
    is refined twice from the mesh. A face found (new, or a lost one re-found) is first detected again
-   around itself with the frame turned a quarter turn either way and half a turn, and taken from the turn
-   where it scores clearly highest: the detector labels the eyes of a face lying on its side or upside
-   down as if it stood upright, which would turn the ROI, and the mesh, the wrong way.
+   close up, in a square around itself, as it is and with the frame turned a quarter turn either way and
+   half a turn, and taken from the turn where it scores clearly highest: the detector labels the eyes of a
+   face lying on its side or upside down as if it stood upright, which would turn the ROI, and the mesh,
+   the wrong way.
 4. **Smooth** each track's landmarks with a One-Euro filter driven by the frame timestamps
    (:mod:`stream.filters`), and estimate **head pose** from the smoothed mesh (:mod:`stream.pose`).
 

@@ -844,7 +844,14 @@ class FaceTracker:
         dets.sort(key=lambda d: _area(d.box), reverse=True)
         if not dets or limit <= 0:
             return []
-        dets = [self._detector.upright(image, d, rotation) for d in dets]
+        # The way-up check costs four detector runs a face: only for the faces that can be kept (a crowd's
+        # dozen detections would make one frame pay for fifty), each face once (a scan region and a tile may
+        # both have found it).
+        distinct: list[_Detection] = []
+        for d in dets:
+            if all(_iou(d.box, k.box) <= cfg.match_iou for k in distinct):
+                distinct.append(d)
+        dets = [self._detector.upright(image, d, rotation) for d in distinct[:limit]]
         self.counters["detect_upright"] = self.counters.get("detect_upright", 0) + 4 * len(dets)
         results = self._mesh.run(image, [d.roi for d in dets])
         for _ in range(2):

@@ -23,7 +23,12 @@ How a frame is processed (:meth:`FaceTracker.track`):
    room for more faces, and back to back while none is tracked. A region whose pixels have not changed since
    it was last detected (sampled on a sparse grid, tracked heads and shoulders left out) is skipped: the
    detector would only find again what it found then. Any track ending, or :data:`_MAX_UNSEEN` frames
-   going by, makes every region count as changed. Detections over a tracked face are ignored; the rest
+   going by, makes every region count as changed. While no face is tracked, a second scan looks at the
+   frame turned a quarter turn either way and half a turn, for faces lying on their side or upside down
+   that the detector, made for upright faces, misses as they are. It takes a frame's detector run when the
+   upright scan has nothing changed to look at, and at least every fourth frame; what it finds must be
+   found again by the *short-range* model in an upright close-up, because three more looks at a frame are
+   three more chances to take something for a face. Detections over a tracked face are ignored; the rest
    start new tracks (up to ``max_faces``), whose first ROI comes from the detection's box and eyes and
    is refined twice from the mesh. A face found (new, or a lost one re-found) is first detected again
    close up, in a square around itself, as it is and with the frame turned a quarter turn either way and
@@ -72,6 +77,7 @@ TURN_MARGIN = 0.05
 """How much higher (detector score, 0-1) a face must score turned a quarter or half turn than as it is to be
 taken as lying that way: the detector is made for upright faces and scores them 0.87-0.91 (the sample
 portraits), turned ones 0.6-0.76."""
+_CLOSE_RANGE_SIDE = 128  # input side of MediaPipe's short-range face detector
 _CV_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
 
@@ -99,6 +105,11 @@ class TrackerConfig:
     tile_detection: bool = True
     """Also run the detector on overlapping square tiles of the frame, which finds faces down to
     ~50 px tall in 720p (~80 px without) at the cost of two more detector runs per scan (one per frame)."""
+    turned_faces: bool = True
+    """While no face is tracked, also scan the frame turned a quarter turn either way and half a turn (one region
+    a frame, in the frames the upright scan leaves free, and at least every fourth), which finds faces lying on
+    their side or upside down (a person lying down, a phone video without its rotation tag) that the
+    detector, made for upright faces, misses as they are."""
     match_iou: float = 0.3
     """Intersection-over-union above which a detection is taken to be an already tracked face."""
     mesh_every: int = 10
@@ -432,6 +443,8 @@ class _Detector:
         mp = _mediapipe()
         self._fd = mp.solutions.face_detection.FaceDetection(
             min_detection_confidence=min_confidence, model_selection=1)
+        self._min_confidence = min_confidence
+        self._close_range: Any = None  # the short-range model, started on first use (see confirm)
         self.tiles = tiles
 
     def regions(self, width: int, height: int) -> list[_Box]:
@@ -499,6 +512,39 @@ class _Detector:
         turned = max(close.values(), key=lambda d: d.score, default=None)
         return turned if turned is not None and turned.score > best.score + TURN_MARGIN else best
 
+    def confirm(self, image: Pixels, detection: _Detection) -> bool:
+        """Whether MediaPipe's *short-range* detector, a second model, also finds ``detection`` in a close-up
+        of it turned upright by its eyes (a square twice its size, at the model's 128x128 input).
+
+        Looking at a frame turned three more ways also gives the full-range model three more chances to take
+        something for a face; measured: text turned a quarter turn at 0.68, as high as real faces lying down
+        score (0.6-0.9). The short-range model, shown the close-up it is made for, finds no face there even at
+        0.1, and finds every face of the turned-scan tests at 0.76-0.94."""
+        if self._close_range is None:
+            self._close_range = _mediapipe().solutions.face_detection.FaceDetection(
+                min_detection_confidence=self._min_confidence, model_selection=0)
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = detection.box
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        side = 2.0 * max(x1 - x0, y1 - y0, 8.0)
+        reach = side * math.sqrt(0.5) + 1  # the turned square's axis-aligned box, clipped to the frame
+        bx0, by0 = max(0, int(cx - reach)), max(0, int(cy - reach))
+        bx1, by1 = min(w, int(cx + reach) + 1), min(h, int(cy + reach) + 1)
+        if bx1 - bx0 < 4 or by1 - by0 < 4:
+            return False
+        d = detection.left_eye - detection.right_eye
+        m = cv2.getRotationMatrix2D((cx - bx0, cy - by0), math.degrees(math.atan2(float(d[1]), float(d[0]))),
+                                    _CLOSE_RANGE_SIDE / side)
+        m[:, 2] += _CLOSE_RANGE_SIDE / 2 - np.array([cx - bx0, cy - by0])
+        close = cv2.warpAffine(image.rgb(bx0, by0, bx1, by1), m, (_CLOSE_RANGE_SIDE, _CLOSE_RANGE_SIDE),
+                               flags=cv2.INTER_AREA if side > _CLOSE_RANGE_SIDE else cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+        for det in self._close_range.process(np.ascontiguousarray(close)).detections or []:
+            rel = det.location_data.relative_bounding_box
+            if abs(rel.xmin + rel.width / 2 - 0.5) < 0.25 and abs(rel.ymin + rel.height / 2 - 0.5) < 0.25:
+                return True
+        return False
+
     def detect_near(self, image: Pixels, box: tuple[float, float, float, float],
                     rotation: int) -> list[_Detection]:
         """Detections in a square 2.5x the size of ``box`` around it (to re-find a lost face)."""
@@ -528,6 +574,8 @@ class _Detector:
 
     def close(self) -> None:
         self._fd.close()
+        if self._close_range is not None:
+            self._close_range.close()
 
 
 # --------------------------------------------------------------------------- the tracker
@@ -537,6 +585,8 @@ _CHANGE_GRID = 48  # change-detection samples along the frame's short side
 _CHANGE_LEVEL = 24  # grey levels a sample must change by (well above compression noise)
 _CHANGE_SAMPLES = 3  # changed samples (outside tracked heads) that make a region worth detecting again
 _MAX_UNSEEN = 60  # frames after which a region is detected again anyway
+_TURNS = (90, 270, 180)  # the turned scan's turns, on top of the display rotation
+_TURNED_EVERY = 4  # while no face is tracked, at least every this many frames a detector run is a turned one
 # Around a tracked face, what moves with it (in face widths to each side, face heights above and below).
 _BODY_SIDE, _BODY_ABOVE, _BODY_BELOW = 1.25, 0.75, 2.0
 
@@ -567,10 +617,10 @@ class FaceTracker:
     region is detected per frame, so no frame pays for more than one detector run (about 6 ms) to scan, on
     top of its meshes (and four more to check which way up a face stands on the frame it is found). A
     scan starts every ``detect_every`` frames while there is room for more faces, and back to back while
-    no face is tracked; regions that have not changed since their last detection
-    are skipped. Faces are meshed every ``mesh_every`` frames and carried by optical flow in between.
-    A face whose mesh is lost is looked for at once in a region around its last position; found, it
-    keeps its id, otherwise its track ends.
+    no face is tracked (then with the frame turned too, one region a frame all the same); regions that have
+    not changed since their last detection are skipped. Faces are meshed every ``mesh_every`` frames and
+    carried by optical flow in between. A face whose mesh is lost is looked for at once in a region around
+    its last position; found, it keeps its id, otherwise its track ends.
 
     Holds MediaPipe graphs: call :meth:`close` (or use it as a context manager) when done. Not
     thread-safe: call it from one thread (``ProcessorTrack`` runs it on a single worker thread).
@@ -588,18 +638,21 @@ class FaceTracker:
         self._next_id = 0
         self._frame_count = 0
         self._since_scan = 0
-        self._scan: list[_Box] = []  # regions of the current scan still to detect
+        self._scan: list[tuple[_Box, int]] = []  # regions of the current scan still to detect (box, turn 0)
+        self._turned: list[tuple[_Box, int]] = []  # the turned scan's (box, turn), while no face is tracked
+        self._upright_in_row = 0  # frames in a row the upright scan ran the detector while no face is tracked
         self._scan_key: tuple[int, int, int] | None = None  # (width, height, rotation) it was made for
-        self._seen: dict[_Box, _Seen] = {}  # what each scan region looked like when last detected
+        self._seen: dict[tuple[_Box, int], _Seen] = {}  # what each (region, turn) looked like when last detected
         self._closed = False
         self.last_timings: dict[str, float] = {}
         """Seconds spent in ``mesh``, ``flow``, ``detect`` and ``smooth`` during the last :meth:`track`
         call."""
         self.counters: dict[str, int] = {}
         """Running counts since construction: ``mesh`` (network runs on a tracked face), ``flow`` (faces
-        carried by optical flow), ``detect`` (detector runs), ``detect_skipped`` (scan regions left out
-        as unchanged), ``detect_upright`` (detector runs checking which way up a face found stands, four a
-        face) and ``remesh:<reason>`` (why the flow handed a face back to the network early)."""
+        carried by optical flow), ``detect`` (detector runs), ``detect_turned`` (detector runs of the turned
+        scan, each with a short-range check of what it found), ``detect_skipped`` (scan regions left out as
+        unchanged), ``detect_upright`` (detector runs checking which way up a face found stands, four a face)
+        and ``remesh:<reason>`` (why the flow handed a face back to the network early)."""
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -675,27 +728,22 @@ class FaceTracker:
         # 3. One region of a detection scan, for new faces.
         key = (w, h, rotation)
         if self._scan_key != key:
-            self._scan, self._scan_key = [], key
+            self._scan, self._turned, self._scan_key = [], [], key
             self._seen.clear()
         room = cfg.max_faces - len(self._tracks)
         if not self._scan and room > 0 and (not self._tracks or self._since_scan >= cfg.detect_every):
-            self._scan = self._detector.regions(w, h)
+            self._scan = [(box, 0) for box in self._detector.regions(w, h)]
+        if self._tracks:
+            self._turned = []  # only looked for while no face is tracked
+        elif cfg.turned_faces and not self._turned:
+            self._turned = [(box, turn) for box in self._detector.regions(w, h) for turn in _TURNS]
+        # A frame's one detector run goes to the upright scan, unless its regions have not changed (the run
+        # is free), or it has had _TURNED_EVERY - 1 frames in a row while no face is tracked.
         scanning = bool(self._scan)
-        while self._scan:
-            box = self._scan.pop(0)
-            if not self._changed(image, box, rotation):
-                self._count("detect_skipped")  # the detector would see what it saw: try the next one
-                continue
-            t0 = time.perf_counter()
-            detections = self._detector.detect_region(image, box, rotation)
-            timings["detect"] += time.perf_counter() - t0
-            self._count("detect")
-            t0 = time.perf_counter()
-            self._add_new(image, detections, rotation)
-            timings["mesh"] += time.perf_counter() - t0
-            self._seen[box] = _Seen(self._samples(image, box), [_bbox(tr.raw) for tr in self._tracks],
-                                    self._frame_count)
-            break
+        turned_first = bool(self._turned) and self._upright_in_row >= _TURNED_EVERY - 1
+        ran = (not turned_first and self._scan_one(image, self._scan, rotation, timings)) \
+            or self._scan_one(image, self._turned, rotation, timings)
+        self._upright_in_row = self._upright_in_row + 1 if ran and not turned_first and not self._tracks else 0
         if scanning and not self._scan:
             self._since_scan = 0
 
@@ -753,6 +801,8 @@ class FaceTracker:
         self._frame_count = 0
         self._since_scan = 0
         self._scan = []
+        self._turned = []
+        self._upright_in_row = 0
         self._seen.clear()
 
     def close(self) -> None:
@@ -780,14 +830,14 @@ class FaceTracker:
     def _sample_step(image: Pixels) -> int:
         return max(2, min(image.shape[:2]) // _CHANGE_GRID)
 
-    def _changed(self, image: Pixels, box: _Box, rotation: int) -> bool:
-        """Whether ``box`` may hold a face the detector has not seen there yet.
+    def _changed(self, image: Pixels, box: _Box, turn: int, rotation: int) -> bool:
+        """Whether ``box`` may hold a face the detector has not seen there yet, turned ``turn`` degrees.
 
         The detector is deterministic: on the pixels it already saw (tracked faces, which may move,
         left out) it would find the same faces again, all of them tracked or turned away. Any track
         ending clears this memory (see :meth:`track`).
         """
-        seen = self._seen.get(box)
+        seen = self._seen.get((box, turn))
         if seen is None or self._frame_count - seen.frame >= _MAX_UNSEEN:
             return True
         changed = np.abs(self._samples(image, box) - seen.samples) > _CHANGE_LEVEL
@@ -807,6 +857,30 @@ class FaceTracker:
             j1 = max(0, math.floor((bx1 + right - box[0] - step // 2) / step) + 1)
             changed[i0:i1, j0:j1] = False
         return int(changed.sum()) >= _CHANGE_SAMPLES
+
+    def _scan_one(self, image: Pixels, scan: list[tuple[_Box, int]], rotation: int,
+                  timings: dict[str, float]) -> bool:
+        """Detect the first region of ``scan`` (``(box, turn)`` pairs, taken from its front) that changed
+        since it was last detected, turned ``turn`` degrees on top of the display ``rotation``, and start
+        tracks for new faces found there; False when none had changed (no detector run)."""
+        while scan:
+            box, turn = scan.pop(0)
+            if not self._changed(image, box, turn, rotation):
+                self._count("detect_skipped")  # the detector would see what it saw: try the next one
+                continue
+            t0 = time.perf_counter()
+            detections = self._detector.detect_region(image, box, (rotation + turn) % 360)
+            if turn and detections:  # three more looks are three more chances of a false face: a second opinion
+                detections = [d for d in detections if self._detector.confirm(image, d)]
+            timings["detect"] += time.perf_counter() - t0
+            self._count("detect" if turn == 0 else "detect_turned")
+            t0 = time.perf_counter()
+            self._add_new(image, detections, rotation)
+            timings["mesh"] += time.perf_counter() - t0
+            self._seen[box, turn] = _Seen(self._samples(image, box), [_bbox(tr.raw) for tr in self._tracks],
+                                          self._frame_count)
+            return True
+        return False
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

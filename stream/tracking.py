@@ -741,9 +741,10 @@ class FaceTracker:
         # is free), or it has had _TURNED_EVERY - 1 frames in a row while no face is tracked.
         scanning = bool(self._scan)
         turned_first = bool(self._turned) and self._upright_in_row >= _TURNED_EVERY - 1
-        ran = (not turned_first and self._scan_one(image, self._scan, rotation, timings)) \
-            or self._scan_one(image, self._turned, rotation, timings)
-        self._upright_in_row = self._upright_in_row + 1 if ran and not turned_first and not self._tracks else 0
+        upright = not turned_first and self._scan_one(image, self._scan, rotation, timings)
+        if not upright:
+            self._scan_one(image, self._turned, rotation, timings)
+        self._upright_in_row = self._upright_in_row + 1 if upright and not self._tracks else 0
         if scanning and not self._scan:
             self._since_scan = 0
 

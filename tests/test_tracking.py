@@ -310,6 +310,23 @@ def test_a_face_the_upright_scan_misses_lying_down_is_found_by_the_turned_scan(n
         assert t.counters["detect_turned"] == turned_runs
 
 
+def test_the_turned_scan_does_not_delay_an_upright_face() -> None:
+    """While nothing is tracked the turned scan runs in the frames the upright scan leaves free (a still scene)
+    and every fourth frame of a busy one; whenever an upright face walks in, it is found on the frame it
+    arrives, as without the turned scan."""
+    from stream.demo import render_target_frames
+
+    late = []
+    for head in range(4, 16):
+        frames = list(render_target_frames(640, 360, head + 1, empty_head=head, empty_tail=0))
+        with FaceTracker() as t:
+            faces = [t.track(f, timestamp=i / 30) for i, f in enumerate(frames)]
+            assert t.counters.get("detect_turned", 0) >= 1
+        if not faces[head]:
+            late.append(head)
+    assert late == []
+
+
 def test_what_the_turned_scan_takes_for_a_face_must_be_found_again_by_the_short_range_model() -> None:
     """Three more looks at a frame are three more chances for the full-range model to take something for a
     face: this text, turned a quarter turn, scores 0.68, as high as faces lying down do. The short-range model,

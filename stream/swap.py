@@ -232,23 +232,25 @@ def load_source_bank(path: Path, *, max_frames: int = 64) -> SourceBank:
             why = f" (a {w}x{h} image: too small for a face to be found; give a larger photo)"
     else:
         with image_tracker() as tracker:
-            way: int | None = None  # the display rotation the video's faces were last found upright under
+            way: int | None = None  # the display rotation the video's faces stand upright under, once known
             for frame in sample_video_frames(path, max_frames):
                 rotation = frame.rotation if way is None else way
                 face = largest_source_face(frame.image, rotation=rotation, frame_index=frame.index, crop=True,
                                            tracker=tracker)
-                if face is None:
+                if face is None and way is None:
                     # A video turned with no rotation tag to say so: its faces lie on their side or upside
-                    # down, which the detector, made for upright faces, mostly misses as they are.
+                    # down, which the detector, made for upright faces, mostly misses as they are. Until a
+                    # first face shows the way up, a frame without one is looked at turned too.
                     turned = upright_rotation(tracker, frame.image, rotation)
                     if turned != rotation:
                         face = largest_source_face(frame.image, rotation=turned, frame_index=frame.index,
                                                    crop=True, tracker=tracker)
                         if face is not None:
-                            if (turned - frame.rotation) % 360 and way != turned:
-                                logger.info("the source video's faces stand upright with it turned %s",
-                                            _TURN_NAMES[(turned - frame.rotation) % 360])
-                            way = turned
+                            logger.info("the source video's faces stand upright with it turned %s",
+                                        _TURN_NAMES[(turned - frame.rotation) % 360])
+                            rotation = turned
+                if face is not None:
+                    way = rotation
                 faces.append(face)
     found = [f for f in faces if f is not None]
     if not found:

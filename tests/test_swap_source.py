@@ -33,8 +33,11 @@ def _portrait(turn: float = 0.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def source_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Grace Hopper turned one way for 6 frames, then the other way for 6."""
-    path = tmp_path_factory.mktemp("src") / "source.mp4"
-    views = (_portrait(0.12), _portrait(-0.12))
+    return _write_views(tmp_path_factory.mktemp("src") / "source.mp4", (_portrait(0.12), _portrait(-0.12)))
+
+
+def _write_views(path: Path, views: tuple[np.ndarray, np.ndarray]) -> Path:
+    """12 frames at 10 fps: the first view for 6, then the second for 6."""
     h, w = views[0].shape[:2]
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=10)
@@ -158,18 +161,9 @@ def test_a_source_video_turned_with_no_rotation_tag_gives_a_face_in_every_frame(
     """A video re-encoded without its rotation tag: its faces lie on their side or upside down, which the
     detector, made for upright faces, mostly misses as they are. Once a frame's face is found turned upright,
     the other frames are looked at that way up too, so every frame gives a face, with its pose as upright."""
-    views = [np.ascontiguousarray(cv2.rotate(_portrait(t), turn)) for t in (0.12, -0.12)]
-    h, w = views[0].shape[:2]
-    path = tmp_path / "turned.mp4"
-    with av.open(str(path), "w") as out:
-        v = out.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        v.options = {"crf": "16"}
-        for i in range(12):
-            vf = av.VideoFrame.from_ndarray(views[i >= 6], format="rgb24")
-            vf.pts, vf.time_base = i, Fraction(1, 10)
-            out.mux(v.encode(vf))
-        out.mux(v.encode(None))
+    views = (np.ascontiguousarray(cv2.rotate(_portrait(0.12), turn)),
+             np.ascontiguousarray(cv2.rotate(_portrait(-0.12), turn)))
+    path = _write_views(tmp_path / "turned.mp4", views)
     assert not detect_faces(views[0]) or not detect_faces(views[1])  # as they are, some frames show no face
     with caplog.at_level(logging.INFO, logger="stream.swap"):
         bank = load_source_bank(path, max_frames=12)

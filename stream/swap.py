@@ -169,10 +169,10 @@ def upright_rotation(tracker: FaceTracker, image: np.ndarray | Frame, rotation: 
     ``rotation`` (its own display rotation) and a quarter turn either way and half a turn from it;
     ``rotation`` is kept unless another scores clearly higher (:data:`~stream.tracking.TURN_MARGIN`).
     """
-    from stream.tracking import TURN_MARGIN
+    from stream.tracking import TURN_MARGIN, TURNS
 
     best, best_score = rotation, tracker.detection_score(image, rotation=rotation) + TURN_MARGIN
-    for turn in (90, 270, 180):  # sideways first: the likelier
+    for turn in TURNS:
         score = tracker.detection_score(image, rotation=(rotation + turn) % 360)
         if score > best_score:
             best, best_score = (rotation + turn) % 360, score

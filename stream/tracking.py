@@ -77,6 +77,9 @@ TURN_MARGIN = 0.05
 """How much higher (detector score, 0-1) a face must score turned a quarter or half turn than as it is to be
 taken as lying that way: the detector is made for upright faces and scores them 0.87-0.91 (the sample
 portraits), turned ones 0.6-0.76."""
+TURNS = (90, 270, 180)
+"""The turns (degrees counter-clockwise, on top of the display rotation) a face lying on its side or upside down
+is looked for under, sideways first: the likelier."""
 _CLOSE_RANGE_SIDE = 128  # input side of MediaPipe's short-range face detector
 _CV_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
@@ -504,7 +507,7 @@ class _Detector:
         off, too far for the mesh). Four detector runs (about 25 ms), once per face found, not per frame.
         """
         close: dict[int, _Detection] = {}
-        for turn in (0, 90, 270, 180):
+        for turn in (0, *TURNS):
             for d in self.detect_near(image, detection.box, (rotation + turn) % 360):
                 if _iou(d.box, detection.box) >= 0.3 and d.score > getattr(close.get(turn), "score", -1.0):
                     close[turn] = d
@@ -585,7 +588,6 @@ _CHANGE_GRID = 48  # change-detection samples along the frame's short side
 _CHANGE_LEVEL = 24  # grey levels a sample must change by (well above compression noise)
 _CHANGE_SAMPLES = 3  # changed samples (outside tracked heads) that make a region worth detecting again
 _MAX_UNSEEN = 60  # frames after which a region is detected again anyway
-_TURNS = (90, 270, 180)  # the turned scan's turns, on top of the display rotation
 _TURNED_EVERY = 4  # while no face is tracked, at least every this many frames a detector run is a turned one
 # Around a tracked face, what moves with it (in face widths to each side, face heights above and below).
 _BODY_SIDE, _BODY_ABOVE, _BODY_BELOW = 1.25, 0.75, 2.0
@@ -736,7 +738,7 @@ class FaceTracker:
         if self._tracks:
             self._turned = []  # only looked for while no face is tracked
         elif cfg.turned_faces and not self._turned:
-            self._turned = [(box, turn) for box in self._detector.regions(w, h) for turn in _TURNS]
+            self._turned = [(box, turn) for box in self._detector.regions(w, h) for turn in TURNS]
         # A frame's one detector run goes to the upright scan, unless its regions have not changed (the run
         # is free), or it has had _TURNED_EVERY - 1 frames in a row while no face is tracked.
         scanning = bool(self._scan)

@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from stream.demo import render_target_frames
@@ -13,9 +14,11 @@ from stream.demo import render_target_frames
 
 def write_face_clip(path: Path, *, width: int = 640, height: int = 360, frames: int = 24,
                     pts: list[int] | None = None, time_base: Fraction = Fraction(1, 30),
-                    audio: bool = True, empty_head: int = 4, empty_tail: int = 4, crf: int = 14) -> Path:
+                    audio: bool = True, empty_head: int = 4, empty_tail: int = 4, crf: int = 14,
+                    grey: bool = False) -> Path:
     """A clip of the astronaut's head moving over a textured background, with frames without a face at both
-    ends; ``pts`` (in ``time_base``) gives a variable frame rate; an AAC tone when ``audio``."""
+    ends; ``pts`` (in ``time_base``) gives a variable frame rate; an AAC tone when ``audio``; black and white
+    (chroma planes all 128) when ``grey``."""
     pts = list(range(frames)) if pts is None else pts
     assert len(pts) == frames
     with av.open(str(path), "w") as out:
@@ -30,6 +33,8 @@ def write_face_clip(path: Path, *, width: int = 640, height: int = 360, frames: 
             a.layout = "mono"
         images = render_target_frames(width, height, frames, empty_head=empty_head, empty_tail=empty_tail)
         for p, rgb in zip(pts, images, strict=True):
+            if grey:
+                rgb = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts, vf.time_base = p, time_base
             out.mux(v.encode(vf))

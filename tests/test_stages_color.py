@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from stagefaces import astronaut, grace_hopper
 
 from stream.exceptions import InputError
-from stream.stages.color import correct_colors, masked_stats, reinhard_transfer, to_lab
+from stream.stages.color import FLAT_SPREAD, correct_colors, masked_stats, reinhard_lut, reinhard_transfer, to_lab
 
 
 def _face_patches() -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +42,29 @@ def test_transfer_undoes_a_colour_cast() -> None:
     cast = np.clip(src.astype(np.float32) * [1.0, 0.85, 0.7] + [10, 0, 0], 0, 255)
     out = reinhard_transfer(cast, mask, src, mask)
     assert np.abs(out - src).mean() < 0.25 * np.abs(cast - src).mean()
+
+
+def test_a_grey_reference_gives_a_face_without_colour() -> None:
+    src, ref = _face_patches()
+    grey = np.repeat(cv2.cvtColor(ref, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    mask = np.ones(src.shape[:2], bool)
+    out = to_lab(reinhard_transfer(src, mask, grey, mask))
+    assert np.abs(out[..., 1:] - 128).max() <= 2  # no colour left (LAB <-> RGB rounding), not half the source's
+    mu_o, sd_o = masked_stats(out, mask)
+    mu_r, sd_r = masked_stats(to_lab(grey), mask)
+    assert abs(mu_o[0] - mu_r[0]) < 1.5 and abs(sd_o[0] - sd_r[0]) < 0.15 * sd_r[0]  # lightness as before
+
+
+def test_the_colour_scale_falls_smoothly_to_zero_with_the_references_spread() -> None:
+    # A video whose chroma spread hovers near FLAT_SPREAD must not jump between two tints.
+    src = (np.full(3, 128.0, np.float32), np.full(3, 8.0, np.float32))
+    slopes = []
+    for spread in np.linspace(0.0, 2 * FLAT_SPREAD, 41):
+        lut = reinhard_lut(src, (np.full(3, 128.0, np.float32), np.full(3, spread, np.float32)))
+        slopes.append((int(lut[255, 0, 1]) - int(lut[0, 0, 1])) / 255)
+    steps = np.diff(slopes)
+    assert slopes[0] == 0 and abs(slopes[-1] - 0.5) < 0.01  # no colour left; the usual floor of 1 / max_gain
+    assert (steps >= -0.01).all() and steps.max() < 0.05, slopes  # the clamp alone jumped by 0.5
 
 
 def test_empty_mask_and_none_mode_leave_the_image() -> None:

@@ -169,6 +169,26 @@ def test_variable_frame_rate_survives(media, tmp_path):
     assert [p * tb_out for p in pts_out] == [p * tb_in for p in pts_in]
 
 
+def test_a_black_and_white_video_gets_its_faces_swapped_without_colour(media, tmp_path):
+    # An IR camera at night, an old film: the source's colours must not tint the face pasted into it.
+    clip = write_face_clip(tmp_path / "grey.mp4", frames=16, audio=False, grey=True)
+    out, report = tmp_path / "grey_out.mp4", tmp_path / "grey.json"
+    r = facestream("swap", "--source", media["source"], clip, "-o", out, "--report", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(report.read_text())["frames_with_faces"] >= 6
+
+    def chroma(path: Path) -> np.ndarray:
+        with av.open(str(path)) as c:
+            return np.stack([f.to_ndarray(format="yuv420p")[f.height:] for f in c.decode(video=0)]).astype(int) - 128
+
+    assert np.abs(chroma(clip)).max() == 0, "the fixture must be black and white"
+    planes_in, planes_out = read_frames(clip)[0], read_frames(out)[0]
+    changed = max(int((np.abs(a.astype(int) - b) > 30).sum()) for a, b in zip(planes_in, planes_out, strict=True))
+    assert changed > 2000, f"the faces must have been swapped: {changed} values changed by over 30 levels"
+    tint = int(np.abs(chroma(out)).max())
+    assert tint <= 1, f"colour came into the black-and-white video: up to {tint} levels of chroma"
+
+
 def test_faces_largest_and_report(media, swapped, tmp_path):
     report = swapped["report"]
     for key in ("frames", "frames_with_faces", "frames_without_face", "ms_per_frame", "fps", "distinct_faces"):

@@ -55,15 +55,27 @@ def masked_stats(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean.ravel().astype(np.float32), std.ravel().astype(np.float32)
 
 
+FLAT_SPREAD = 2.0
+"""Standard deviation (8-bit LAB levels) of a reference channel below which :func:`reinhard_lut` may scale
+that channel of the image by less than ``1 / max_gain``. A face in colour spreads 3-10 levels in ``a`` and
+``b``; a grey picture, none."""
+
+
 def reinhard_lut(image_stats: tuple[np.ndarray, np.ndarray], reference_stats: tuple[np.ndarray, np.ndarray],
                  *, max_gain: float = 2.0, strength: float = 1.0) -> np.ndarray:
     """The per-channel LAB map of Reinhard's transfer as a (256, 1, 3) uint8 lookup table for ``cv2.LUT``.
 
     ``image_stats`` and ``reference_stats`` are :func:`masked_stats` of 8-bit LAB images. Scales are
-    limited to ``[1 / max_gain, max_gain]``; ``strength`` in [0, 1] moves only part of the way.
+    limited to ``[1 / max_gain, max_gain]``, except that a reference channel with almost no spread
+    (:data:`FLAT_SPREAD`) lets its scale go down to 0 along with it: a black-and-white video (an IR
+    camera at night) has none in ``a`` and ``b``, and its faces must come out without colour, not with
+    half the source's. ``strength`` in [0, 1] moves only part of the way.
     """
     (mu_s, sd_s), (mu_r, sd_r) = image_stats, reference_stats
-    gain = np.clip(sd_r / np.maximum(sd_s, 1e-3), 1 / max_gain, max_gain)
+    # The floor falls linearly with the reference's spread below FLAT_SPREAD, so a video whose spread
+    # hovers there gets no jump in colour from frame to frame.
+    floor = np.minimum(sd_r / FLAT_SPREAD, 1.0) / max_gain
+    gain = np.clip(sd_r / np.maximum(sd_s, 1e-3), floor, max_gain)
     gain = 1 + strength * (gain - 1)
     shift = mu_s + strength * (mu_r - mu_s)
     levels = np.arange(256, dtype=np.float32)[:, None]

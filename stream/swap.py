@@ -140,16 +140,19 @@ def check_paths(options: SwapOptions) -> None:
 
 
 def largest_source_face(image: np.ndarray, *, rotation: int = 0, frame_index: int = 0, crop: bool = False,
-                        tracker: FaceTracker | None = None) -> SourceFace | None:
+                        tracker: FaceTracker | None = None, fine: bool = False) -> SourceFace | None:
     """The largest face of ``image`` as a :class:`SourceFace` (None: no face). ``crop`` keeps only a box
     around it, so that a bank of many video frames does not hold whole frames. ``tracker``
-    (:func:`stream.tracking.image_tracker`) detects instead of a new one per call: for many images."""
+    (:func:`stream.tracking.image_tracker`) detects instead of a new one per call: for many images. ``fine``
+    searches down to small faces when the image as a whole shows none (a photo of a group, or of a person
+    far off): see :meth:`~stream.tracking.FaceTracker.detect`."""
     from stream.tracking import image_tracker
 
     if tracker is None:
         with image_tracker() as own:
-            return largest_source_face(image, rotation=rotation, frame_index=frame_index, crop=crop, tracker=own)
-    found = tracker.detect(image, rotation=rotation, max_faces=4, small_faces=False)
+            return largest_source_face(image, rotation=rotation, frame_index=frame_index, crop=crop, tracker=own,
+                                       fine=fine)
+    found = tracker.detect(image, rotation=rotation, max_faces=4, small_faces=False, fine=fine)
     if not found:
         return None
     best = max(found, key=lambda f: f.area)
@@ -187,16 +190,29 @@ def upright_source_face(image: np.ndarray) -> SourceFace | None:
     with image_tracker() as tracker:
         rotation = upright_rotation(tracker, image)
         if rotation:
-            logger.info("the source face stands upright with the image turned %s", _TURN_NAMES[rotation])
-            image = np.ascontiguousarray(np.rot90(image, rotation // 90))
-        return largest_source_face(image, tracker=tracker)
+            face = largest_source_face(np.ascontiguousarray(np.rot90(image, rotation // 90)), tracker=tracker,
+                                       fine=True)
+            if face is not None:
+                logger.info("the source face stands upright with the image turned %s", _TURN_NAMES[rotation])
+                return face
+            # A face too small for the way-up check's look, which the detector then happened to find only
+            # turned (near its smallest size it is erratic): the fine look finds it as it stands.
+        return largest_source_face(image, tracker=tracker, fine=True)
+
+
+PHOTO_MAX_FACES = 32
+"""Most faces swapped in a photo INPUT (a video tracks :attr:`~stream.tracking.TrackerConfig.max_faces`)."""
 
 
 class UprightPhotoTracker:
-    """A :class:`~stream.tracking.FaceTracker` for a photo INPUT: its faces are tracked under the display rotation
+    """A :class:`~stream.tracking.FaceTracker` for a photo INPUT: its faces are found under the display rotation
     that shows them upright (:func:`upright_rotation`), so that a photo lying on its side or upside down has its
     faces swapped too. The photo itself is written as it came. The way up is decided on the first frame and kept
-    (an animated WebP or a multi-page TIFF has more: four detector runs each would be per-frame set-up)."""
+    (an animated WebP or a multi-page TIFF has more: four detector runs each would be per-frame set-up).
+
+    Each frame is searched whole, at once and down to small faces (:meth:`FaceTracker.detect` with ``fine``): a
+    video's tracker looks at one region a frame, and a photo has one frame, in which a group's faces are small.
+    """
 
     def __init__(self, tracker: FaceTracker) -> None:
         self.tracker = tracker
@@ -209,7 +225,16 @@ class UprightPhotoTracker:
             if self.rotation != frame.rotation:
                 logger.info("the faces of the photo stand upright with it turned %s",
                             _TURN_NAMES[(self.rotation - frame.rotation) % 360])
-        return self.tracker(frame, rotation=self.rotation)
+        faces = self.tracker.detect(frame, rotation=self.rotation, max_faces=PHOTO_MAX_FACES, fine=True)
+        if self.rotation != frame.rotation:
+            # The way-up check looks at the photo shrunk: a group's small faces it may see only turned, by chance
+            # (near its smallest size the detector is erratic). Turned the other way, the fine look finds more.
+            as_is = self.tracker.detect(frame, rotation=frame.rotation, max_faces=PHOTO_MAX_FACES, fine=True)
+            if len(as_is) > len(faces):
+                logger.info("the faces of the photo stand upright as it is after all")
+                self.rotation, faces = frame.rotation, as_is
+        frame.faces = faces
+        return frame
 
     def close(self) -> None:
         """Release the tracker."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -115,6 +116,68 @@ def test_an_upright_photo_is_not_turned(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO, logger="stream.swap"):
         (face,) = load_source_bank(path).faces
     assert "turned" not in caplog.text and np.array_equal(face.image, upright)
+
+
+FAR = (1700.0, 500.0)
+
+
+def _far_photo() -> np.ndarray:
+    """Someone far off in a 4-megapixel photo: a 60 px face at :data:`FAR`. Shrunk whole, or in its largest tiles,
+    the photo shows the face too small; the way-up check, which looks at it that way, finds the face only with the
+    photo turned a quarter turn (near its smallest size the detector is erratic)."""
+    from tests.test_tracking import Face, _canvas
+
+    photo = _canvas(2400, 1800)
+    Face("grace_hopper", 60).paste(photo, FAR)
+    return photo
+
+
+def _found_far(landmarks: np.ndarray) -> bool:
+    (x0, y0), (x1, y1) = landmarks[:, :2].min(axis=0), landmarks[:, :2].max(axis=0)
+    return abs((x0 + x1) / 2 - FAR[0]) < 12 and abs((y0 + y1) / 2 - FAR[1]) < 12 and 45 < y1 - y0 < 80
+
+
+def test_a_small_face_in_a_big_photo_is_found(tmp_path: Path):
+    path = tmp_path / "far.png"
+    cv2.imwrite(str(path), cv2.cvtColor(_far_photo(), cv2.COLOR_RGB2BGR))
+    (face,) = load_source_bank(path).faces
+    assert _found_far(face.landmarks)
+
+
+def test_a_photo_inputs_small_face_the_way_up_check_saw_only_turned_is_found_as_it_stands():
+    from stream.frames import Frame
+    from stream.swap import UprightPhotoTracker, upright_rotation
+    from stream.tracking import FaceTracker, image_tracker
+
+    photo = _far_photo()
+    with image_tracker() as t:
+        assert upright_rotation(t, photo) != 0  # the case: the way-up check is misled
+    step = UprightPhotoTracker(FaceTracker())
+    try:
+        frame = step(Frame(0, photo, pts=0, time_base=Fraction(1, 10)))
+    finally:
+        step.close()
+    assert step.rotation == 0
+    assert len(frame.faces) == 1 and _found_far(frame.faces[0].landmarks)
+
+
+def test_every_face_of_a_group_photo_is_swapped(tmp_path: Path):
+    # A video's tracker looks at one region a frame; a photo has one frame, and a group's faces are small in it.
+    from tests.test_tracking import GROUP, group_photo
+
+    photo, out, report = tmp_path / "group.png", tmp_path / "swapped.png", tmp_path / "report.json"
+    before = group_photo(everyone="grace_hopper")
+    cv2.imwrite(str(photo), cv2.cvtColor(before, cv2.COLOR_RGB2BGR))
+    source = tmp_path / "astronaut.png"
+    cv2.imwrite(str(source), cv2.cvtColor(sample_faces()[0], cv2.COLOR_RGB2BGR))
+    r = facestream("swap", "--source", source, photo, "-o", out, "--report", report, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(report.read_text())["face_detections"] == len(GROUP)
+    after = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    for (_, height), (x, y) in GROUP:
+        half = int(0.3 * height)
+        box = (slice(int(y) - half, int(y) + half), slice(int(x) - half, int(x) + half))
+        assert np.abs(after[box].astype(int) - before[box]).mean() > 8, f"the {height} px face was not swapped"
 
 
 def test_no_face_in_a_tiny_photo_says_it_is_too_small(tmp_path: Path):

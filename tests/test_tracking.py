@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import cv2
@@ -122,6 +123,47 @@ def test_detect_scans_tiles_for_small_faces_only_when_asked_or_when_nothing_else
         assert len(largest) == 1 and np.linalg.norm(_centre(largest[0]) - (800, 360)) < 0.15 * big.height
         only = t.detect(alone, small_faces=False)  # nothing in the whole frame: the tiles are scanned
         assert len(only) == 1 and np.linalg.norm(_centre(only[0]) - (3000, 300)) < 0.15 * small.height
+
+
+GROUP = ((("astronaut", 44), (500.0, 700.0)), (("grace_hopper", 60), (1200.0, 900.0)),
+         (("astronaut", 90), (1900.0, 600.0)), (("grace_hopper", 240), (1000.0, 1450.0)))
+"""A group photo's faces (portrait, face height) and where they stand in a 2400x1800 photo."""
+
+
+def group_photo(everyone: str | None = None) -> np.ndarray:
+    """:data:`GROUP` in a 2400x1800 photo; ``everyone``: that portrait for every face."""
+    photo = _canvas(2400, 1800)
+    for (name, height), where in GROUP:
+        Face(everyone or name, height).paste(photo, where)
+    return photo
+
+
+def test_fine_detection_finds_a_photos_small_faces() -> None:
+    # A photo is looked at once: its faces must be found in that one look, however small in a big picture.
+    photo = group_photo()
+    with FaceTracker(TrackerConfig(max_faces=8, smoothing=None)) as t:
+        coarse = t.detect(photo)
+        fine = t.detect(photo, fine=True)
+    assert len(coarse) < len(GROUP)  # whole and short-side tiles, shrunk 4-7 times, miss the smallest
+    assert len(fine) == len(GROUP)
+    for (_, height), where in GROUP:
+        near = [f for f in fine if np.linalg.norm(_centre(f) - where) < 0.2 * height]
+        assert len(near) == 1 and 0.75 * height < _height(near[0]) < 1.3 * height, (height, where)
+
+
+def test_fine_tiles_halve_down_to_twice_the_detector_side_and_stay_few() -> None:
+    from stream.tracking import _Detector, _fine_sides
+
+    assert _fine_sides(720) == []  # a 720p frame's tiles already find 36 px faces
+    assert _fine_sides(1080) == [640]
+    assert _fine_sides(2400) == [1200, 640]
+    for side in range(700, 6000, 50):
+        sides = [side, *_fine_sides(side)]
+        assert all(a / b <= 2.01 for a, b in itertools.pairwise(sides)), sides  # no scale is skipped
+        assert sides[-1] <= 1.5 * 640
+    detector = _Detector.__new__(_Detector)  # regions() reads only the tiling flag: no MediaPipe graph
+    detector.tiles = True
+    assert len(detector.regions(4000, 3000, fine=True)) - len(detector.regions(4000, 3000)) == 60  # 12 MP: 0.4 s
 
 
 def test_no_face_gives_no_faces(tracker) -> None:

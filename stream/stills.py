@@ -16,6 +16,11 @@ learned networks):
 - JPEG: a ``COM`` segment with the comment and the XMP packet in an ``APP1`` segment, both after the
   ``JFIF`` header.
 
+**What the photo carried.** A JPEG or PNG INPUT's colour profile (ICC) and EXIF (camera, date, exposure...)
+are copied into the output, JPEG or PNG (:func:`photo_metadata`): without its profile a wide-gamut phone photo
+(Display P3) would be shown as sRGB, its colours dulled. The EXIF orientation is set to 1, as the pixels are
+written upright. A malformed EXIF block is left out rather than copied.
+
 The pipeline's frames are 8-bit RGB: a 16-bit PNG comes out 8-bit and an alpha channel is not kept.
 """
 
@@ -26,7 +31,8 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -46,6 +52,94 @@ def is_image_output(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_OUTPUT_EXTENSIONS
 
 
+@dataclass(frozen=True)
+class PhotoMetadata:
+    """What a photo carries besides its pixels that an output keeps (see the module docstring)."""
+
+    icc: bytes | None = None
+    """The ICC colour profile."""
+    exif: bytes | None = None
+    """The EXIF block (a TIFF structure, without JPEG's ``Exif\\0\\0`` prefix), orientation set to 1."""
+
+
+_ICC_TAG = b"ICC_PROFILE\0"
+_EXIF_TAG = b"Exif\0\0"
+_ICC_CHUNK = 0xFFFF - 2 - len(_ICC_TAG) - 2  # profile bytes per APP2 segment
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(marker, payload)`` of a JPEG's segments before its first scan."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: no more metadata
+            return
+        end = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        yield marker, data[at + 4:end]
+        at = end
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(type, data)`` of a PNG's chunks up to its image data."""
+    at = 8
+    while at + 8 <= len(data):
+        n, kind = struct.unpack(">I", data[at:at + 4])[0], data[at + 4:at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return
+        yield kind, data[at + 8:at + 8 + n]
+        at += 12 + n
+
+
+def _upright_exif(tiff: bytes) -> bytes | None:
+    """``tiff`` (an EXIF block) with its orientation tag, if any, set to 1 (upright); None when malformed."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    e = "<" if tiff[:2] == b"II" else ">"
+    ifd = struct.unpack(e + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        return None
+    out = bytearray(tiff)
+    for k in range(struct.unpack(e + "H", tiff[ifd:ifd + 2])[0]):
+        at = ifd + 2 + 12 * k
+        if at + 12 > len(tiff):
+            return None
+        tag, kind = struct.unpack(e + "HH", tiff[at:at + 4])
+        if tag == 0x0112 and kind == 3:  # Orientation, a SHORT held in the entry itself
+            out[at + 8:at + 10] = struct.pack(e + "H", 1)
+    return bytes(out)
+
+
+def photo_metadata(path: str | os.PathLike[str]) -> PhotoMetadata:
+    """The ICC profile and EXIF of a JPEG or PNG file; empty for other files, or what cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return PhotoMetadata()
+    icc: bytes | None = None
+    exif: bytes | None = None
+    try:
+        if data[:2] == b"\xff\xd8":
+            parts: dict[int, bytes] = {}
+            for marker, payload in _jpeg_segments(data):
+                if marker == 0xE1 and payload.startswith(_EXIF_TAG) and exif is None:
+                    exif = payload[len(_EXIF_TAG):]
+                elif marker == 0xE2 and payload.startswith(_ICC_TAG) and len(payload) > len(_ICC_TAG) + 2:
+                    parts[payload[len(_ICC_TAG)]] = payload[len(_ICC_TAG) + 2:]
+            icc = b"".join(parts[k] for k in sorted(parts)) or None
+        elif data[:8] == b"\x89PNG\r\n\x1a\n":
+            for kind, payload in _png_chunks(data):
+                if kind == b"iCCP" and b"\0" in payload[:80]:
+                    icc = zlib.decompress(payload[payload.index(b"\0") + 2:])
+                elif kind == b"eXIf":
+                    exif = payload
+    except (struct.error, zlib.error, IndexError):
+        return PhotoMetadata()
+    return PhotoMetadata(icc=icc, exif=_upright_exif(exif) if exif else None)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -58,14 +152,19 @@ def _png_text(keyword: str, value: str) -> bytes:
         return _png_chunk(b"iTXt", key + b"\0\0\0\0\0" + value.encode("utf-8"))
 
 
-def mark_png(data: bytes, tags: Mapping[str, str], xmp: bytes) -> bytes:
-    """``data`` (a PNG file) with ``tags`` and ``xmp`` in text chunks right after its header chunk."""
+def mark_png(data: bytes, tags: Mapping[str, str], xmp: bytes, carried: PhotoMetadata = PhotoMetadata()) -> bytes:
+    """``data`` (a PNG file) with ``tags`` and ``xmp`` in text chunks right after its header chunk, and the
+    ``carried`` colour profile and EXIF of the photo it came from."""
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise ValueError("not a PNG file")
     end_of_ihdr = 8 + 12 + struct.unpack(">I", data[8:12])[0]
     names = {"comment": "Comment", "encoder_app": "Software"}  # PNG's own keywords
     chunks = b"".join(_png_text(names.get(k, k), v) for k, v in tags.items())
     chunks += _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp)
+    if carried.icc:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(carried.icc))
+    if carried.exif:
+        chunks += _png_chunk(b"eXIf", carried.exif)
     return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
 
 
@@ -75,15 +174,24 @@ def _jpeg_segment(marker: int, payload: bytes) -> bytes:
     return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
 
 
-def mark_jpeg(data: bytes, tags: Mapping[str, str], xmp: bytes) -> bytes:
-    """``data`` (a JPEG file) with a ``COM`` comment and an XMP ``APP1`` segment after its JFIF header."""
+def mark_jpeg(data: bytes, tags: Mapping[str, str], xmp: bytes, carried: PhotoMetadata = PhotoMetadata()) -> bytes:
+    """``data`` (a JPEG file) with a ``COM`` comment and an XMP ``APP1`` segment after its JFIF header, and the
+    ``carried`` EXIF (``APP1``) and colour profile (``APP2``, split as ICC specifies) of the photo it came from."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG file")
     at = 2
     if data[2:4] == b"\xff\xe0":  # JFIF's APP0 must stay first
         at = 4 + struct.unpack(">H", data[4:6])[0]
+    segments = b""
+    if carried.exif and len(_EXIF_TAG) + len(carried.exif) + 2 <= 0xFFFF:  # EXIF has one segment at most
+        segments += _jpeg_segment(0xE1, _EXIF_TAG + carried.exif)
     comment = tags.get("comment", "Synthetic media").encode("utf-8")
-    segments = _jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp) + _jpeg_segment(0xFE, comment)
+    segments += _jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp) + _jpeg_segment(0xFE, comment)
+    if carried.icc:
+        parts = [carried.icc[i:i + _ICC_CHUNK] for i in range(0, len(carried.icc), _ICC_CHUNK)]
+        if len(parts) <= 255:
+            segments += b"".join(_jpeg_segment(0xE2, _ICC_TAG + bytes((n, len(parts))) + part)
+                                 for n, part in enumerate(parts, 1))
     return data[:at] + segments + data[at:]
 
 
@@ -112,6 +220,7 @@ class ImageFileSink:
         if not 1 <= jpeg_quality <= 100:
             raise OutputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
         self.tags = synthetic_marks(metadata)
+        self.carried = photo_metadata(input_path)
         self.learned = learned
         self.jpeg_quality = jpeg_quality
         self._data: bytes | None = None
@@ -142,7 +251,7 @@ class ImageFileSink:
         ok, buf = cv2.imencode(".png" if png else ".jpg", bgr, params)
         if not ok:
             raise OutputError(f"cannot encode {self.path.name}: OpenCV's encoder failed")
-        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp)
+        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp, self.carried)
         self._encode_seconds += time.perf_counter() - t0
         return data
 
@@ -165,4 +274,5 @@ class ImageFileSink:
         self._data = None
 
 
-__all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "is_image_output", "mark_jpeg", "mark_png", "xmp_packet"]
+__all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "PhotoMetadata", "is_image_output", "mark_jpeg", "mark_png",
+           "photo_metadata", "xmp_packet"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from stream.exceptions import OutputError
 from stream.frames import Frame
-from stream.stills import ImageFileSink, mark_jpeg, mark_png, xmp_packet
+from stream.stills import ImageFileSink, PhotoMetadata, mark_jpeg, mark_png, photo_metadata, xmp_packet
 
 TAGS = {"synthetic": "true", "comment": "Synthetic media: test", "encoder_app": "facestream 0", "title": "Ζωή"}
 
@@ -49,6 +49,39 @@ def test_jpeg_marks_keep_the_pixels_and_jfif_first() -> None:
     with Image.open(io.BytesIO(marked)) as im:
         assert im.info["comment"] == TAGS["comment"].encode()
         assert b"digitalsourcetype/compositeSynthetic" in im.info["xmp"]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_photos_colour_profile_and_exif_go_into_either_kind_of_output(tmp_path: Path, suffix: str) -> None:
+    # A profile over one JPEG segment (64 KB), as a printer or camera embeds with its lookup tables, is split
+    # into numbered APP2 segments and joined again.
+    icc = bytes(np.random.default_rng(1).integers(0, 256, 150_000, dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 8, "Test Camera Co"  # turned; Make
+    photo = tmp_path / f"in{suffix}"
+    Image.fromarray(_image()).save(photo, exif=exif.tobytes(), icc_profile=icc)
+    carried = photo_metadata(photo)
+    assert carried.icc == icc
+    for fmt, mark in ((".png", mark_png), (".jpg", mark_jpeg)):
+        buf = cv2.imencode(fmt, _image())[1]
+        out = mark(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=False), carried)
+        with Image.open(io.BytesIO(out)) as im:
+            im.load()
+            assert im.info["icc_profile"] == icc
+            assert im.getexif()[0x010F] == "Test Camera Co" and im.getexif()[0x0112] == 1  # upright now
+        assert np.array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR),
+                              cv2.imdecode(buf, cv2.IMREAD_COLOR))
+
+
+def test_what_cannot_be_read_as_exif_or_a_profile_is_left_out(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    data = cv2.imencode(".jpg", _image())[1].tobytes()
+    bad.write_bytes(data[:2] + b"\xff\xe1\x00\x0eExif\x00\x00XXXXXX" + data[2:])  # no TIFF header
+    assert photo_metadata(bad) == PhotoMetadata()
+    assert photo_metadata(tmp_path / "missing.jpg") == PhotoMetadata()
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(cv2.imencode(".png", _image())[1].tobytes())
+    assert photo_metadata(plain) == PhotoMetadata()
 
 
 async def test_image_sink_takes_one_frame_and_leaves_nothing_when_aborted(tmp_path: Path) -> None:

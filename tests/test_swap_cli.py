@@ -280,7 +280,10 @@ def test_a_photo_swapped_into_an_image_is_upright_and_marked_synthetic(media, tm
     photo = tmp_path / "photo.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # shown turned 90 degrees clockwise, as a phone held upright stores it
-    Image.fromarray(np.rot90(upright, 1)).save(photo, exif=exif.tobytes(), quality=98, subsampling=0)
+    exif[0x010F], exif[0x0132] = "Test Camera Co", "2026:11:22 10:00:00"  # Make, DateTime
+    icc = _icc_profile()
+    Image.fromarray(np.rot90(upright, 1)).save(photo, exif=exif.tobytes(), icc_profile=icc, quality=98,
+                                               subsampling=0)
     out = tmp_path / f"out{suffix}"
     before = sha256(photo)
     r = facestream("swap", "--source", media["source"], photo, "-o", out, "--no-progress")
@@ -306,6 +309,18 @@ def test_a_photo_swapped_into_an_image_is_upright_and_marked_synthetic(media, tm
         assert info["synthetic"] == "true" and "facestream" in info["Comment"] and "facestream" in info["Software"]
     else:
         assert b"Synthetic media" in info["comment"]
+    # What the photo carried is kept: its colour profile, and its EXIF with the orientation now upright.
+    assert info["icc_profile"] == icc
+    with Image.open(out) as im:
+        kept = im.getexif()
+    assert kept[0x010F] == "Test Camera Co" and kept[0x0132] == "2026:11:22 10:00:00" and kept[0x0112] == 1
+
+
+def _icc_profile() -> bytes:
+    """A real ICC profile (littleCMS's sRGB), as a camera or phone embeds one."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def test_bench_measures_the_swap_against_the_transcode_floor_of_the_same_run(media, tmp_path):

@@ -220,7 +220,7 @@ class ImageFileSink:
         if not 1 <= jpeg_quality <= 100:
             raise OutputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
         self.tags = synthetic_marks(metadata)
-        self.carried = photo_metadata(input_path)
+        self.input_path = Path(input_path)
         self.learned = learned
         self.jpeg_quality = jpeg_quality
         self._data: bytes | None = None
@@ -251,7 +251,9 @@ class ImageFileSink:
         ok, buf = cv2.imencode(".png" if png else ".jpg", bgr, params)
         if not ok:
             raise OutputError(f"cannot encode {self.path.name}: OpenCV's encoder failed")
-        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp, self.carried)
+        # Read here, off the event loop: the whole INPUT file is read again.
+        carried = photo_metadata(self.input_path)
+        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp, carried)
         self._encode_seconds += time.perf_counter() - t0
         return data
 

@@ -67,13 +67,16 @@ _EXIF_TAG = b"Exif\0\0"
 _ICC_CHUNK = 0xFFFF - 2 - len(_ICC_TAG) - 2  # profile bytes per APP2 segment
 
 
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """``(marker, payload)`` of a JPEG's segments before its first scan."""
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(marker, payload)`` of a JPEG's segments before its first scan (none when ``data`` is not a JPEG); a
+    payload cut short by the end of ``data`` comes shorter than its length says."""
+    if data[:2] != b"\xff\xd8":
+        return
     at = 2
     while at + 4 <= len(data) and data[at] == 0xFF:
         marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte; markers with no length
+            at += 1 if marker == 0xFF else 2
             continue
         if marker in (0xDA, 0xD9):  # start of scan, end of image: no more metadata
             return
@@ -123,7 +126,7 @@ def photo_metadata(path: str | os.PathLike[str]) -> PhotoMetadata:
     try:
         if data[:2] == b"\xff\xd8":
             parts: dict[int, bytes] = {}
-            for marker, payload in _jpeg_segments(data):
+            for marker, payload in jpeg_segments(data):
                 if marker == 0xE1 and payload.startswith(_EXIF_TAG) and exif is None:
                     exif = payload[len(_EXIF_TAG):]
                 elif marker == 0xE2 and payload.startswith(_ICC_TAG) and len(payload) > len(_ICC_TAG) + 2:
@@ -276,5 +279,5 @@ class ImageFileSink:
         self._data = None
 
 
-__all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "PhotoMetadata", "is_image_output", "mark_jpeg", "mark_png",
-           "photo_metadata", "xmp_packet"]
+__all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "PhotoMetadata", "is_image_output", "jpeg_segments",
+           "mark_jpeg", "mark_png", "photo_metadata", "xmp_packet"]

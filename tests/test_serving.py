@@ -353,3 +353,27 @@ def test_serve_command_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "shutting down" in err
+
+
+def test_an_uploads_size_is_read_from_its_header_before_it_is_decoded() -> None:
+    import io
+
+    from PIL import Image
+
+    from stream.serving.faces import image_size
+
+    rgb = np.zeros((37, 53, 3), np.uint8)
+    for fmt, extra in (("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {})):
+        exif = Image.Exif()
+        exif[0x010F] = "x" * 3000  # a segment before the frame header
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, fmt, exif=exif.tobytes(), **extra)
+        assert image_size(buf.getvalue()) == (53, 37), (fmt, extra)
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    header_end = jpeg.index(b"\xff\xc0")
+    with pytest.raises(InputError, match="JPEG without a frame header"):
+        image_size(jpeg[:header_end])
+    with pytest.raises(InputError, match="JPEG without a frame header"):
+        image_size(jpeg[:header_end + 6])  # the frame header cut short
+    with pytest.raises(InputError, match="unsupported image format"):
+        image_size(b"GIF89a" + bytes(20))

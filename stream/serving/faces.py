@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from stream.exceptions import InputError
+from stream.stills import jpeg_segments
 
 logger = logging.getLogger(__name__)
 
@@ -47,20 +48,11 @@ def image_size(data: bytes) -> tuple[int, int]:
         w, h = struct.unpack(">II", data[16:24])
         return int(w), int(h)
     if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2:i + 4])
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+        for marker, payload in jpeg_segments(data):
+            # SOF0-SOF15, less DHT, JPG and DAC, which share the range: precision, then height and width.
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(payload) >= 5:
+                h, w = struct.unpack(">HH", payload[1:5])
                 return int(w), int(h)
-            i += 2 + length
         raise InputError("JPEG without a frame header; upload a PNG or JPEG image")
     raise InputError("unsupported image format; upload a PNG or JPEG image")
 

@@ -1,4 +1,4 @@
-"""Still images out: a swapped photo written as PNG or JPEG, marked as synthetic like every output.
+"""Still images out: a swapped photo written as PNG, JPEG or WebP, marked as synthetic like every output.
 
 :class:`ImageFileSink` takes the place of :class:`~stream.sinks.VideoFileSink` when OUTPUT is an image,
 so a photo goes through the same source, tracking and stages as a video's frame. It writes the one
@@ -14,12 +14,15 @@ learned networks):
 - PNG: one ``tEXt`` chunk per tag (``iTXt`` when a value is not Latin-1), ``Comment`` and ``Software``
   under PNG's own keywords, and the XMP packet in an ``iTXt`` chunk ``XML:com.adobe.xmp``;
 - JPEG: a ``COM`` segment with the comment and the XMP packet in an ``APP1`` segment, both after the
-  ``JFIF`` header.
+  ``JFIF`` header;
+- WebP (lossy, like the JPEG): WebP has no text chunks, so the XMP packet, in an ``XMP`` chunk of WebP's
+  extended format, carries the comment and the creator tool along with the source type.
 
-**What the photo carried.** A JPEG or PNG INPUT's colour profile (ICC) and EXIF (camera, date, exposure...)
-are copied into the output, JPEG or PNG (:func:`photo_metadata`): without its profile a wide-gamut phone photo
-(Display P3) would be shown as sRGB, its colours dulled. The EXIF orientation is set to 1, as the pixels are
-written upright. A malformed EXIF block is left out rather than copied.
+**What the photo carried.** The INPUT's colour profile (ICC) and EXIF (camera, date, exposure...) are copied
+into the output (:func:`photo_metadata`): without its profile a wide-gamut phone photo (Display P3) would be
+shown as sRGB, its colours dulled. They are read from JPEG, PNG and WebP photos; of a TIFF, the profile only
+(a TIFF keeps its EXIF among its own image tags, not as a block to copy). The EXIF orientation is set to 1, as
+the pixels are written upright. A malformed EXIF block is left out rather than copied.
 
 The pipeline's frames are 8-bit RGB: a 16-bit PNG comes out 8-bit and an alpha channel is not kept.
 """
@@ -45,7 +48,8 @@ from stream.reports import check_output_path
 from stream.sinks import SinkStats, synthetic_marks, write_whole, xmp_packet
 
 #: Image extensions an OUTPUT may have.
-IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
 
 def is_image_output(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` names an image OUTPUT (by its extension)."""
@@ -96,6 +100,34 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         at += 12 + n
 
 
+def _riff_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(fourcc, payload)`` of a WebP file's chunks, within the length its RIFF header gives."""
+    end = min(len(data), 8 + struct.unpack("<I", data[4:8])[0])
+    at = 12
+    while at + 8 <= end:
+        kind, n = data[at:at + 4], struct.unpack("<I", data[at + 4:at + 8])[0]
+        yield kind, data[at + 8:at + 8 + n]
+        at += 8 + n + (n & 1)  # a chunk's payload is padded to an even length
+
+
+def _riff_chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("<I", len(payload)) + payload + b"\0" * (len(payload) & 1)
+
+
+def _tiff_icc(data: bytes) -> bytes | None:
+    """The ICC profile of a TIFF file (tag 34675 of its first image); None when it has none."""
+    e = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(e + "I", data[4:8])[0]
+    for k in range(struct.unpack(e + "H", data[ifd:ifd + 2])[0]):
+        at = ifd + 2 + 12 * k
+        tag, kind, count = struct.unpack(e + "HHI", data[at:at + 8])
+        if tag == 0x8773 and kind in (1, 7):  # InterColorProfile: BYTE or UNDEFINED
+            start = at + 8 if count <= 4 else struct.unpack(e + "I", data[at + 8:at + 12])[0]
+            profile = data[start:start + count]
+            return profile if len(profile) == count else None
+    return None
+
+
 def _upright_exif(tiff: bytes) -> bytes | None:
     """``tiff`` (an EXIF block) with its orientation tag, if any, set to 1 (upright); None when malformed."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
@@ -116,7 +148,8 @@ def _upright_exif(tiff: bytes) -> bytes | None:
 
 
 def photo_metadata(path: str | os.PathLike[str]) -> PhotoMetadata:
-    """The ICC profile and EXIF of a JPEG or PNG file; empty for other files, or what cannot be read."""
+    """The ICC profile and EXIF of a JPEG, PNG or WebP file, and the profile of a TIFF; empty for other files,
+    or what cannot be read."""
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -138,6 +171,15 @@ def photo_metadata(path: str | os.PathLike[str]) -> PhotoMetadata:
                     icc = zlib.decompress(payload[payload.index(b"\0") + 2:])
                 elif kind == b"eXIf":
                     exif = payload
+        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            for kind, payload in _riff_chunks(data):
+                if kind == b"ICCP":
+                    icc = payload
+                elif kind == b"EXIF":
+                    # The chunk holds the TIFF structure; some writers keep JPEG's prefix before it.
+                    exif = payload.removeprefix(_EXIF_TAG)
+        elif data[:4] in (b"II*\0", b"MM\0*"):
+            icc = _tiff_icc(data)
     except (struct.error, zlib.error, IndexError):
         return PhotoMetadata()
     return PhotoMetadata(icc=icc, exif=_upright_exif(exif) if exif else None)
@@ -198,15 +240,52 @@ def mark_jpeg(data: bytes, tags: Mapping[str, str], xmp: bytes, carried: PhotoMe
     return data[:at] + segments + data[at:]
 
 
+def _webp_size(kind: bytes, bitstream: bytes) -> tuple[int, int]:
+    """Width and height of a WebP image from its ``VP8 `` or ``VP8L`` bitstream's header."""
+    if kind == b"VP8 " and bitstream[3:6] == b"\x9d\x01\x2a":  # a key frame's start code, then 14-bit sizes
+        w, h = struct.unpack("<HH", bitstream[6:10])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L" and bitstream[:1] == b"\x2f":  # signature, then 14 bits each of width - 1, height - 1
+        bits = struct.unpack("<I", bitstream[1:5])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    raise ValueError("not a WebP image bitstream")
+
+
+def mark_webp(data: bytes, tags: Mapping[str, str], xmp: bytes, carried: PhotoMetadata = PhotoMetadata()) -> bytes:
+    """``data`` (a WebP file in the simple format OpenCV writes: one ``VP8 `` or ``VP8L`` chunk) rewritten in
+    WebP's extended format with the ``carried`` colour profile (``ICCP``) and EXIF (``EXIF``) and ``xmp``
+    (``XMP ``). WebP has no text chunks: the marks of ``tags`` reach the file through ``xmp``, which holds
+    the comment and the creator tool; ``tags`` is taken for the signature :func:`mark_png` and
+    :func:`mark_jpeg` share."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise ValueError("not a WebP file")
+    chunks = list(_riff_chunks(data))
+    if len(chunks) != 1 or chunks[0][0] not in (b"VP8 ", b"VP8L"):
+        raise ValueError("not a simple-format WebP file (one VP8 or VP8L chunk)")
+    kind, bitstream = chunks[0]
+    w, h = _webp_size(kind, bitstream)
+    flags = 0x04 | (0x20 if carried.icc else 0) | (0x08 if carried.exif else 0)  # XMP, ICC, EXIF
+    header = struct.pack("<B3x", flags) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    # The order the container specification sets: VP8X, ICCP, the image, EXIF, XMP.
+    body = b"WEBP" + _riff_chunk(b"VP8X", header)
+    if carried.icc:
+        body += _riff_chunk(b"ICCP", carried.icc)
+    body += _riff_chunk(kind, bitstream)
+    if carried.exif:
+        body += _riff_chunk(b"EXIF", carried.exif)
+    body += _riff_chunk(b"XMP ", xmp)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 class ImageFileSink:
     """Writes the one frame of a still INPUT to an image ``path`` (see the module docstring).
 
     Args:
-        path: the output file, ``.png`` (lossless) or ``.jpg``/``.jpeg``.
+        path: the output file, ``.png`` (lossless), ``.jpg``/``.jpeg`` or ``.webp``.
         input_path: the INPUT, which ``path`` may not be.
         metadata: tags besides the synthetic marks, e.g. ``{"facestream_mode": "swap/weight-free"}``.
         learned: the frame went through learned networks (the Digital Source Type says so).
-        jpeg_quality: 1-100.
+        quality: of a JPEG or WebP, 1-100.
 
     Raises :class:`OutputError` when ``path`` is the input, a directory, in a missing or unwritable
     directory, or has another extension, and from :meth:`write` when a second frame comes.
@@ -214,18 +293,18 @@ class ImageFileSink:
 
     def __init__(self, path: str | os.PathLike[str], input_path: str | os.PathLike[str], *,
                  metadata: Mapping[str, str] = MappingProxyType({}), learned: bool = False,
-                 jpeg_quality: int = 95) -> None:
+                 quality: int = 95) -> None:
         self.path = out = Path(path)
         check_output_path(out, "output", {"INPUT": Path(input_path)})
         if not is_image_output(out):
             raise OutputError(f"unknown image extension {out.suffix or '(none)'!r} in {out}; "
                               f"use one of: {', '.join(IMAGE_OUTPUT_EXTENSIONS)}")
-        if not 1 <= jpeg_quality <= 100:
-            raise OutputError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
+        if not 1 <= quality <= 100:
+            raise OutputError(f"image quality must be in 1..100, got {quality}")
         self.tags = synthetic_marks(metadata)
         self.input_path = Path(input_path)
         self.learned = learned
-        self.jpeg_quality = jpeg_quality
+        self.quality = quality
         self._data: bytes | None = None
         self._encode_seconds = 0.0
         self._t_first: float | None = None
@@ -246,17 +325,20 @@ class ImageFileSink:
         upright = np.rot90(frame.image, (frame.rotation % 360) // 90)
         bgr = cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_RGB2BGR)
         xmp = xmp_packet(self.tags, learned=self.learned)
-        png = self.path.suffix.lower() == ".png"
-        # JPEG in 4:4:4: halved chroma alone costs saturated colours ~1 dB, below what a video output keeps.
-        params = ([cv2.IMWRITE_PNG_COMPRESSION, 3] if png else
-                  [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality,
-                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-        ok, buf = cv2.imencode(".png" if png else ".jpg", bgr, params)
+        ext = {".jpeg": ".jpg"}.get(self.path.suffix.lower(), self.path.suffix.lower())
+        params, mark = {
+            ".png": ([cv2.IMWRITE_PNG_COMPRESSION, 3], mark_png),
+            # JPEG in 4:4:4: halved chroma alone costs saturated colours ~1 dB, below what a video output keeps.
+            ".jpg": ([cv2.IMWRITE_JPEG_QUALITY, self.quality,
+                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444], mark_jpeg),
+            ".webp": ([cv2.IMWRITE_WEBP_QUALITY, self.quality], mark_webp),  # lossy WebP is 4:2:0 always
+        }[ext]
+        ok, buf = cv2.imencode(ext, bgr, params)
         if not ok:
             raise OutputError(f"cannot encode {self.path.name}: OpenCV's encoder failed")
         # Read here, off the event loop: the whole INPUT file is read again.
         carried = photo_metadata(self.input_path)
-        data = (mark_png if png else mark_jpeg)(buf.tobytes(), self.tags, xmp, carried)
+        data = mark(buf.tobytes(), self.tags, xmp, carried)
         self._encode_seconds += time.perf_counter() - t0
         return data
 
@@ -280,4 +362,4 @@ class ImageFileSink:
 
 
 __all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "PhotoMetadata", "is_image_output", "jpeg_segments",
-           "mark_jpeg", "mark_png", "photo_metadata", "xmp_packet"]
+           "mark_jpeg", "mark_png", "mark_webp", "photo_metadata", "xmp_packet"]

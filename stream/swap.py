@@ -21,7 +21,7 @@ import numpy as np
 
 from stream import __version__
 from stream.choices import BlendMode, FaceSelection
-from stream.exceptions import InputError, InputNotFoundError, NoFaceError
+from stream.exceptions import InputError, InputNotFoundError, NoFaceError, OutputError
 from stream.frames import Frame, SourceFace, TrackedFace
 from stream.pipeline import PipelineStats, YieldToEncoder, run_pipeline
 from stream.stages.base import SourceBank, StageChain
@@ -118,8 +118,13 @@ def check_paths(options: SwapOptions) -> None:
     out = options.output
     # The source too: it is read while the output is written.
     check_output_path(out, "OUTPUT", {"INPUT": options.input, "SOURCE": options.source})
-    from stream.stills import is_image_output
+    from stream.sinks import OUTPUT_EXTENSIONS
+    from stream.stills import IMAGE_OUTPUT_EXTENSIONS, is_image_output
 
+    if out.suffix.lower() not in OUTPUT_EXTENSIONS + IMAGE_OUTPUT_EXTENSIONS:
+        raise OutputError(f"unknown output extension {out.suffix or '(none)'!r} in {out}; use a video "
+                          f"({', '.join(OUTPUT_EXTENSIONS)}) or, for a photo INPUT, an image "
+                          f"({', '.join(IMAGE_OUTPUT_EXTENSIONS)})")
     if is_image_output(out):
         if options.input.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"an image OUTPUT ({out.name}) needs an image INPUT; {options.input.name} is "

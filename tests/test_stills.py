@@ -12,7 +12,15 @@ from PIL import Image
 
 from stream.exceptions import OutputError
 from stream.frames import Frame
-from stream.stills import ImageFileSink, PhotoMetadata, mark_jpeg, mark_png, photo_metadata, xmp_packet
+from stream.stills import (
+    ImageFileSink,
+    PhotoMetadata,
+    mark_jpeg,
+    mark_png,
+    mark_webp,
+    photo_metadata,
+    xmp_packet,
+)
 
 TAGS = {"synthetic": "true", "comment": "Synthetic media: test", "encoder_app": "facestream 0", "title": "Ζωή"}
 
@@ -51,8 +59,49 @@ def test_jpeg_marks_keep_the_pixels_and_jfif_first() -> None:
         assert b"digitalsourcetype/compositeSynthetic" in im.info["xmp"]
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png"])
-def test_a_photos_colour_profile_and_exif_go_into_either_kind_of_output(tmp_path: Path, suffix: str) -> None:
+@pytest.mark.parametrize("size", [(64, 48), (63, 47), (1, 1)])
+@pytest.mark.parametrize("quality", [95, 101])  # lossy (VP8) and lossless (VP8L) bitstreams
+def test_webp_marks_keep_the_pixels_in_the_extended_format(size: tuple[int, int], quality: int) -> None:
+    w, h = size
+    image = np.ascontiguousarray(_image()[:h, :w])
+    buf = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, quality])[1]
+    icc, exif = b"profile" * 41, Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Test Camera Co"  # odd lengths: each chunk is padded to an even one
+    carried = PhotoMetadata(icc=icc, exif=exif.tobytes())
+    marked = mark_webp(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=True), carried)
+    assert marked[12:16] == b"VP8X" and len(marked) % 2 == 0
+    decoded = cv2.imdecode(np.frombuffer(marked, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decoded, cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    with Image.open(io.BytesIO(marked)) as im:
+        im.load()
+        assert im.size == (w, h)  # the canvas the VP8X chunk gives
+        assert im.info["icc_profile"] == icc
+        assert "compositeWithTrainedAlgorithmicMedia" in im.info["xmp"].decode()
+        assert TAGS["comment"] in im.info["xmp"].decode()
+        assert im.getexif()[0x010F] == "Test Camera Co"
+    plain = mark_webp(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=False))
+    with Image.open(io.BytesIO(plain)) as im:
+        im.load()
+        assert "icc_profile" not in im.info and "compositeSynthetic" in im.info["xmp"].decode()
+    assert photo_metadata_of(plain) == PhotoMetadata()
+    with pytest.raises(ValueError, match="not a WebP"):
+        mark_webp(b"RIFF\0\0\0\0WAVE", TAGS, b"")
+    with pytest.raises(ValueError, match="simple-format"):
+        mark_webp(marked, TAGS, b"")
+
+
+def photo_metadata_of(data: bytes) -> PhotoMetadata:
+    """:func:`photo_metadata` of a file holding ``data``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "photo"
+        path.write_bytes(data)
+        return photo_metadata(path)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
+def test_a_photos_colour_profile_and_exif_go_into_every_kind_of_output(tmp_path: Path, suffix: str) -> None:
     # A profile over one JPEG segment (64 KB), as a printer or camera embeds with its lookup tables, is split
     # into numbered APP2 segments and joined again.
     icc = bytes(np.random.default_rng(1).integers(0, 256, 150_000, dtype=np.uint8))
@@ -62,7 +111,7 @@ def test_a_photos_colour_profile_and_exif_go_into_either_kind_of_output(tmp_path
     Image.fromarray(_image()).save(photo, exif=exif.tobytes(), icc_profile=icc)
     carried = photo_metadata(photo)
     assert carried.icc == icc
-    for fmt, mark in ((".png", mark_png), (".jpg", mark_jpeg)):
+    for fmt, mark in ((".png", mark_png), (".jpg", mark_jpeg), (".webp", mark_webp)):
         buf = cv2.imencode(fmt, _image())[1]
         out = mark(buf.tobytes(), TAGS, xmp_packet(TAGS, learned=False), carried)
         with Image.open(io.BytesIO(out)) as im:
@@ -71,6 +120,18 @@ def test_a_photos_colour_profile_and_exif_go_into_either_kind_of_output(tmp_path
             assert im.getexif()[0x010F] == "Test Camera Co" and im.getexif()[0x0112] == 1  # upright now
         assert np.array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR),
                               cv2.imdecode(buf, cv2.IMREAD_COLOR))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "I;16B"])  # Pillow writes these little- and big-endian
+def test_a_tiffs_colour_profile_is_carried(tmp_path: Path, mode: str) -> None:
+    icc = bytes(np.random.default_rng(2).integers(0, 256, 3_001, dtype=np.uint8))
+    photo = tmp_path / "scan.tif"
+    Image.fromarray(_image()).convert(mode).save(photo, icc_profile=icc)
+    assert photo.read_bytes()[:2] == (b"II" if mode == "RGB" else b"MM")
+    assert photo_metadata(photo).icc == icc
+    plain = tmp_path / "plain.tif"
+    Image.fromarray(_image()).convert(mode).save(plain)
+    assert photo_metadata(plain) == PhotoMetadata()
 
 
 def test_what_cannot_be_read_as_exif_or_a_profile_is_left_out(tmp_path: Path) -> None:

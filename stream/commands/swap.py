@@ -14,12 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("swap", help="swap a face into every selected face of a video",
                        description="Put the face of SOURCE (an image or a video) into INPUT (a video, or a "
                                    "photo). Timestamps, audio, subtitles and metadata are kept; the output is "
-                                   "tagged as synthetic. A photo can also be written as a photo (.png, .jpg).")
+                                   "tagged as synthetic. A photo can also be written as a photo (.png, .jpg, .webp).")
     p.add_argument("input", type=Path, metavar="INPUT", help="video (or photo) whose faces are replaced")
     p.add_argument("--source", "-s", type=Path, required=True, metavar="SOURCE",
                    help="image or video of the face to put in")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT",
-                   help="output video; for a photo INPUT also .png or .jpg")
+                   help="output video; for a photo INPUT also .png, .jpg or .webp")
     p.add_argument("--faces", choices=FACE_SELECTIONS, default="all", help="which target faces (default: all)")
     p.add_argument("--models", metavar="fsgan:DIR", default=None,
                    help="use the learned FSGAN networks found in DIR instead of the weight-free default")

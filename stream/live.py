@@ -800,7 +800,7 @@ class LiveOptions:
     """One ``facestream live`` run."""
 
     source: Path
-    """Image of the face to put in (PNG or JPEG)."""
+    """Image of the face to put in (PNG, JPEG or WebP)."""
     input: str
     """``rtsp://`` URL, ``/dev/videoN`` or a video file (paced in real time)."""
     output: str | None = None

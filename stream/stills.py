@@ -248,7 +248,19 @@ def _webp_size(kind: bytes, bitstream: bytes) -> tuple[int, int]:
     if kind == b"VP8L" and bitstream[:1] == b"\x2f":  # signature, then 14 bits each of width - 1, height - 1
         bits = struct.unpack("<I", bitstream[1:5])[0]
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    raise ValueError("not a WebP image bitstream")
+    raise ValueError("not a WebP image header")
+
+
+def webp_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of a WebP file from its headers (its canvas, in the extended format); ValueError
+    when ``data`` is not a WebP file or its first chunk is cut short."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise ValueError("not a WebP file")
+    for kind, payload in _riff_chunks(data):
+        if kind == b"VP8X" and len(payload) >= 10:
+            return int.from_bytes(payload[4:7], "little") + 1, int.from_bytes(payload[7:10], "little") + 1
+        return _webp_size(kind, payload)
+    raise ValueError("WebP file without an image chunk")
 
 
 def mark_webp(data: bytes, tags: Mapping[str, str], xmp: bytes, carried: PhotoMetadata = PhotoMetadata()) -> bytes:
@@ -362,4 +374,4 @@ class ImageFileSink:
 
 
 __all__ = ["IMAGE_OUTPUT_EXTENSIONS", "ImageFileSink", "PhotoMetadata", "is_image_output", "jpeg_segments",
-           "mark_jpeg", "mark_png", "mark_webp", "photo_metadata", "xmp_packet"]
+           "mark_jpeg", "mark_png", "mark_webp", "photo_metadata", "webp_size", "xmp_packet"]

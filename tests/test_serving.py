@@ -154,9 +154,16 @@ async def test_face_image_in_offer_and_upload(server: FacestreamServer, still: n
                              headers={"Content-Type": "image/jpeg"}) as resp:
             assert resp.status == 201
             uploaded = await resp.json()
+        # A face saved from the web is often WebP.
+        webp = cv2.imencode(".webp", cv2.imdecode(np.frombuffer(hopper, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+        async with http.post(server.url + "faces?name=hopper.webp", data=webp,
+                             headers={"Content-Type": "image/webp"}) as resp:
+            assert resp.status == 201, await resp.text()
+            uploaded_webp = await resp.json()
         async with http.get(server.url + "faces") as resp:
             ids = [f["id"] for f in (await resp.json())["faces"]]
         assert uploaded["id"] in ids and "astronaut" in ids
+        assert uploaded_webp["id"] in ids
         async with http.get(server.url + uploaded["thumbnail"]) as resp:
             thumb = cv2.imdecode(np.frombuffer(await resp.read(), np.uint8), cv2.IMREAD_COLOR)
         assert thumb is not None and thumb.shape[0] == 96
@@ -363,7 +370,8 @@ def test_an_uploads_size_is_read_from_its_header_before_it_is_decoded() -> None:
     from stream.serving.faces import image_size
 
     rgb = np.zeros((37, 53, 3), np.uint8)
-    for fmt, extra in (("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {})):
+    for fmt, extra in (("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {}),
+                       ("WEBP", {"lossless": True})):  # with EXIF, WebP's extended format; without, VP8 or VP8L
         exif = Image.Exif()
         exif[0x010F] = "x" * 3000  # a segment before the frame header
         buf = io.BytesIO()
@@ -377,3 +385,9 @@ def test_an_uploads_size_is_read_from_its_header_before_it_is_decoded() -> None:
         image_size(jpeg[:header_end + 6])  # the frame header cut short
     with pytest.raises(InputError, match="unsupported image format"):
         image_size(b"GIF89a" + bytes(20))
+    for lossless in (False, True):  # the simple format: the size from the bitstream's own header
+        webp = cv2.imencode(".webp", rgb, [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else 90])[1].tobytes()
+        assert webp[12:16] == (b"VP8L" if lossless else b"VP8 ")
+        assert image_size(webp) == (53, 37)
+        with pytest.raises(InputError, match="unreadable WebP header"):
+            image_size(webp[:22])

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from stream.exceptions import InputError
-from stream.stills import jpeg_segments
+from stream.stills import jpeg_segments, webp_size
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class StoredFace:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` from a PNG or JPEG header, without decoding the pixels.
+    """``(width, height)`` from a PNG, JPEG or WebP header, without decoding the pixels.
 
     Raises :class:`InputError` for anything else, so a tiny file cannot claim a huge image unseen.
     """
@@ -53,18 +53,23 @@ def image_size(data: bytes) -> tuple[int, int]:
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(payload) >= 5:
                 h, w = struct.unpack(">HH", payload[1:5])
                 return int(w), int(h)
-        raise InputError("JPEG without a frame header; upload a PNG or JPEG image")
-    raise InputError("unsupported image format; upload a PNG or JPEG image")
+        raise InputError("JPEG without a frame header; upload a PNG, JPEG or WebP image")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        try:
+            return webp_size(data)
+        except (ValueError, struct.error) as e:
+            raise InputError(f"unreadable WebP header ({e}); upload a PNG, JPEG or WebP image") from None
+    raise InputError("unsupported image format; upload a PNG, JPEG or WebP image")
 
 
 def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096) -> np.ndarray:
-    """Decode PNG/JPEG ``data`` to (H, W, 3) uint8 RGB, refusing images over ``max_pixels``."""
+    """Decode PNG, JPEG or WebP ``data`` to (H, W, 3) uint8 RGB, refusing images over ``max_pixels``."""
     w, h = image_size(data)
     if w <= 0 or h <= 0 or w * h > max_pixels:
         raise InputError(f"image of {w}x{h} pixels is too large; at most {max_pixels} pixels")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InputError("cannot decode the image; upload a PNG or JPEG image")
+        raise InputError("cannot decode the image; upload a PNG, JPEG or WebP image")
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
@@ -129,7 +134,7 @@ class FaceStore:
         return face
 
     def add_encoded(self, data: bytes, name: str = "upload") -> StoredFace:
-        """Decode a PNG/JPEG upload and store it (blocking: call it in an executor)."""
+        """Decode a PNG, JPEG or WebP upload and store it (blocking: call it in an executor)."""
         return self.add(decode_image(data, max_pixels=self.max_pixels), name)
 
     def get(self, face_id: str) -> StoredFace:

@@ -266,7 +266,7 @@ class FacestreamServer:
         else:
             data = await request.read()
         if not data:
-            return _error(400, "empty upload; send a PNG or JPEG image as the body or the 'image' field")
+            return _error(400, "empty upload; send a PNG, JPEG or WebP image as the body or the 'image' field")
         loop = asyncio.get_running_loop()
         try:
             face = await loop.run_in_executor(None, self.faces.add_encoded, data, name)

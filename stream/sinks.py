@@ -105,6 +105,10 @@ _PRESET_CODECS = _X264_FAMILY | {"libsvtav1", "libvpx", "libvpx-vp9"}
 # The video encoder used when none is named: the container's usual one (WebM holds only VP8/VP9/AV1).
 _DEFAULT_CODECS = {".webm": "libvpx-vp9"}
 _DEFAULT_CODEC = "libx264"
+# For frames of more than 8 bits, HEVC in these containers: H.264's deep profiles (High 10, High 4:2:2) play on
+# few devices (no phone, TV or browser decodes them in hardware), HEVC Main 10 nearly everywhere, HDR included.
+_DEEP_DEFAULT_CODEC = "libx265"
+_DEEP_DEFAULT_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".ts"})
 _WHERE_CODECS_FIT = ".mkv holds nearly every codec; .mp4/.mov hold mov_text subtitles"
 
 
@@ -182,7 +186,8 @@ class EncodeSettings:
 
     codec: str | None = None
     """An FFmpeg encoder name (``libx264``, ``libx265``, ``libvpx-vp9``, ``ffv1``...); ``None`` picks the
-    output container's usual one (:meth:`for_output`): ``libvpx-vp9`` for ``.webm``, else ``libx264``."""
+    output container's usual one (:meth:`for_output`): ``libvpx-vp9`` for ``.webm``, else ``libx264``, or
+    ``libx265`` for frames of more than 8 bits that were not H.264 already."""
     crf: int | None = 17
     """Constant rate factor for CRF codecs (lower is better; ``None`` leaves the encoder default)."""
     preset: str | None = "veryfast"
@@ -194,11 +199,20 @@ class EncodeSettings:
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Extra encoder options (FFmpeg AVOptions), applied last."""
 
-    def for_output(self, path: str | os.PathLike[str]) -> EncodeSettings:
-        """These settings with the codec filled in for an output at ``path`` when none was named."""
+    def for_output(self, path: str | os.PathLike[str], source_codec: str | None = None,
+                   source_pix_fmt: str | None = None) -> EncodeSettings:
+        """These settings with the codec filled in for an output at ``path`` when none was named: the container's
+        usual one; for an MP4, MOV, MKV or TS output of frames deeper than 8 bits (``source_pix_fmt``) that
+        were not H.264 (``source_codec``, the decoder's name), such as a phone's HDR video or a 10-bit camera
+        file, HEVC rather than H.264, whose 10-bit profiles few devices play (see ``_DEEP_DEFAULT_CODEC``).
+        A 10-bit H.264 input stays H.264: it plays where the input did."""
         if self.codec is not None:
             return self
-        return replace(self, codec=_DEFAULT_CODECS.get(Path(path).suffix.lower(), _DEFAULT_CODEC))
+        suffix = Path(path).suffix.lower()
+        codec = _DEFAULT_CODECS.get(suffix, _DEFAULT_CODEC)
+        if suffix in _DEEP_DEFAULT_SUFFIXES and source_codec != "h264" and pix_fmt_bits(source_pix_fmt) > 8:
+            codec = _DEEP_DEFAULT_CODEC
+        return replace(self, codec=codec)
 
     def codec_options(self) -> dict[str, str]:
         """The encoder's AVOptions for these settings; :class:`OutputError` for a CRF or preset the
@@ -230,6 +244,14 @@ class EncodeSettings:
             opts["x265-params"] = "log-level=error"  # x265 writes its statistics straight to stderr
         opts.update({str(k): str(v) for k, v in self.options.items()})
         return opts
+
+
+def pix_fmt_bits(pix_fmt: str | None) -> int:
+    """Bits per sample of ``pix_fmt`` (its first component); 8 when it is unknown."""
+    try:
+        return av.VideoFormat(pix_fmt).components[0].bits if pix_fmt else 8
+    except (ValueError, av.FFmpegError):
+        return 8
 
 
 @dataclass(frozen=True)
@@ -332,7 +354,11 @@ class VideoFileSink:
     ) -> None:
         self.path = Path(path)
         self.source = source
-        self.settings = settings.for_output(self.path)
+        self.settings = settings.for_output(self.path, source.info.codec, source.info.pix_fmt)
+        if settings.codec is None and self.settings.codec == _DEEP_DEFAULT_CODEC:
+            logger.info("%s is %d-bit %s: encoding HEVC (%s), which phones and TVs play at that depth; --codec "
+                        "libx264 is faster, but its 10-bit H.264 plays on few devices", source.path,
+                        pix_fmt_bits(source.info.pix_fmt), source.info.codec, _DEEP_DEFAULT_CODEC)
         self._check_output_path()
         self._queue: Handoff[Frame] = Handoff(queue_size, "block")
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -430,6 +456,8 @@ class VideoFileSink:
             raise OutputError(f"{self.path.suffix} files cannot hold {name} video; "
                               f"{_WHERE_CODECS_FIT}") from exc
         ctx = stream.codec_context
+        if codec.canonical_name == "hevc" and is_isobmff(self._container):
+            ctx.codec_tag = "hvc1"  # FFmpeg's default, hev1, is what Apple's players refuse to play
         ctx.width, ctx.height, ctx.pix_fmt = info.width, info.height, pix_fmt
         ctx.time_base = info.time_base
         stream.time_base = info.time_base

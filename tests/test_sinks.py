@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from clips import VFR_TICKS, decoded_frames, make_clip, psnr, stream_packets
+from clips import VFR_TICKS, decoded_frames, make_clip, psnr, stream_packets, textured_frame
 from mediautil import top_level_boxes, xmp_description
 
 from stream import __version__
@@ -140,11 +140,51 @@ def test_codec_follows_the_container_unless_named() -> None:
     assert EncodeSettings().for_output("x.webm").codec == "libvpx-vp9"
     assert EncodeSettings().for_output("x.MP4").codec == "libx264"
     assert EncodeSettings(codec="ffv1").for_output("x.webm").codec == "ffv1"
+    assert EncodeSettings().for_output("x.mov", "prores", "yuv422p10le").codec == "libx265"
+    assert EncodeSettings().for_output("x.avi", "hevc", "yuv420p10le").codec == "libx264"  # no HEVC in AVI
+    assert EncodeSettings(codec="libx264").for_output("x.mp4", "hevc", "yuv420p10le").codec == "libx264"
     vp9 = EncodeSettings(codec="libvpx-vp9").codec_options()  # x264's preset names, as libvpx speeds
     assert vp9 == {"crf": "17", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
     assert EncodeSettings(codec="libvpx-vp9", preset="slow").codec_options()["deadline"] == "good"
     with pytest.raises(OutputError, match="unknown preset 'warp-speed'"):
         EncodeSettings(codec="libvpx-vp9", preset="warp-speed").codec_options()
+
+
+def _deep_clip(path: Path, codec: str, pix_fmt: str, frames: int = 6) -> None:
+    """A clip of ``codec`` in ``pix_fmt`` tagged BT.2020 HLG, as a phone records HDR video."""
+    with av.open(str(path), "w") as container:
+        quiet = {"x265-params": "log-level=error"} if codec == "libx265" else {}
+        video = container.add_stream(codec, rate=30, options={"preset": "ultrafast", "crf": "12", **quiet})
+        video.width, video.height, video.pix_fmt = 160, 120, pix_fmt
+        ctx = video.codec_context
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace = 9, 18, 9  # BT.2020, HLG (ARIB STD-B67), BT.2020 NCL
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24").reformat(format=pix_fmt)
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+
+
+@pytest.mark.parametrize(("codec", "pix_fmt", "suffix", "expect"), [
+    ("libx265", "yuv420p10le", ".mp4", "hevc"),  # a phone's HDR video
+    ("libx265", "yuv420p10le", ".mov", "hevc"),
+    ("libx265", "yuv420p10le", ".mkv", "hevc"),
+    ("libx264", "yuv420p10le", ".mp4", "h264"),  # 10-bit H.264 stays H.264: it plays where the input did
+    ("libx265", "yuv420p", ".mp4", "h264"),  # 8 bits: H.264 plays everywhere and encodes faster
+])
+async def test_video_deeper_than_8_bits_is_written_as_hevc_unless_it_was_h264(
+        tmp_path: Path, codec: str, pix_fmt: str, suffix: str, expect: str) -> None:
+    src, out = tmp_path / "in.mp4", tmp_path / f"out{suffix}"
+    _deep_clip(src, codec, pix_fmt)
+    await _run(src, out, edit=_paint_every_third)
+    with av.open(str(out)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert ctx.name == expect
+        assert ctx.pix_fmt == pix_fmt  # no bit lost
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace) == (9, 18, 9)
+        if expect == "hevc" and suffix != ".mkv":
+            assert container.streams.video[0].codec_tag == "hvc1"  # what Apple's players need
+    assert len(decoded_frames(out)) == 6
 
 
 def test_crf_and_preset_are_checked_for_the_encoder() -> None:

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the learned v2 chain through the pipelined executor: frames overlap on separate "
                         "upload/compute/download streams (default: on for torch on CUDA)")
     p.add_argument("--blend", choices=BLEND_MODES, default=None, help="blending of the weight-free chain")
-    p.add_argument("--codec", default=None, help="output video codec (default: libvpx-vp9 for .webm, else libx264)")
+    p.add_argument("--codec", default=None,
+                   help="output video codec (default: libvpx-vp9 for .webm, else libx264; libx265 for a video of "
+                        "more than 8 bits that was not H.264, such as a phone's HDR video)")
     p.add_argument("--crf", type=int, default=None, help="encoder quality, lower is better (default 17)")
     p.add_argument("--preset", default=None, help="encoder speed preset (default: the encoder's)")
     p.add_argument("--report", type=Path, default=None, metavar="JSON", help="write a JSON report here")

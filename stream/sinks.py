@@ -449,9 +449,12 @@ class VideoFileSink:
                               f"choose from: {', '.join(sorted(supported))}")
         if s.pix_fmt is None:
             pix_fmt = self._fit_odd_size(codec.name, pix_fmt, supported)
+        options = s.codec_options()
+        if codec.name == "libx265" and info.hdr is not None and "x265-params" not in s.options:
+            # HDR10's mastering display and light levels, which TVs tone-map with, into the new bitstream's SEI.
+            options["x265-params"] = ":".join([options["x265-params"], *info.hdr.x265_params()])
         try:
-            stream = self._container.add_stream(name, rate=info.average_rate or None,
-                                                options=s.codec_options())
+            stream = self._container.add_stream(name, rate=info.average_rate or None, options=options)
         except ValueError as exc:
             raise OutputError(f"{self.path.suffix} files cannot hold {name} video; "
                               f"{_WHERE_CODECS_FIT}") from exc
@@ -479,7 +482,7 @@ class VideoFileSink:
             ctx.open()  # bad settings fail here, before any frame is processed
         except av.FFmpegError as exc:
             raise OutputError(f"cannot open encoder {name} for {info.width}x{info.height} {pix_fmt} "
-                              f"with {s.codec_options()}: {exc.strerror}") from exc
+                              f"with {options}: {exc.strerror}") from exc
         return stream
 
     def _fit_odd_size(self, codec: str, pix_fmt: str, supported: set[str]) -> str:

@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -89,6 +90,50 @@ class StreamInfo:
 
 
 @dataclass(frozen=True)
+class HdrMetadata:
+    """An HDR10 video's static metadata, from its first frame, in the units of HEVC's SEI messages (and x265's
+    options): what a TV tone-maps the picture with, so a re-encode must carry it."""
+
+    master_display: str | None = None
+    """The mastering display, as ``G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)``: chromaticities in 0.00002, luminance
+    in 0.0001 cd/m^2."""
+    max_cll: tuple[int, int] | None = None
+    """Maximum content light level and maximum frame-average light level, cd/m^2."""
+
+    def x265_params(self) -> list[str]:
+        """``key=value`` items for libx265's ``x265-params``."""
+        items = [] if self.master_display is None else [f"master-display={self.master_display}"]
+        return items + ([] if self.max_cll is None else ["max-cll={},{}".format(*self.max_cll)])
+
+
+def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
+    """The HDR10 static metadata a decoded frame carries as side data; None when it carries none."""
+    display: str | None = None
+    light: tuple[int, int] | None = None
+    for i in range(len(frame.side_data)):
+        try:
+            data = frame.side_data[i]
+            kind = data.type.name
+        except ValueError:  # a side data type this PyAV has no name for
+            continue
+        raw = bytes(data)
+        if kind == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:
+            # AVMasteringDisplayMetadata: primaries R, G, B then the white point as (x, y) rationals, min and max
+            # luminance as rationals, has_primaries, has_luminance.
+            v = struct.unpack("=22i", raw[:88])  # the C struct, in this machine's byte order
+            ratio = [v[k] / v[k + 1] if v[k + 1] else 0.0 for k in range(0, 20, 2)]
+            if v[20] and v[21]:
+                (rx, ry, gx, gy, bx, by, wx, wy), (lo, hi) = ratio[:8], ratio[8:]
+                xy = [round(c * 50000) for c in (gx, gy, bx, by, rx, ry, wx, wy)]
+                display = "G({},{})B({},{})R({},{})WP({},{})L({},{})".format(*xy, round(hi * 10000), round(lo * 10000))
+        elif kind == "CONTENT_LIGHT_LEVEL" and len(raw) >= 8:
+            light = struct.unpack("=2I", raw[:8])
+    if display is None and light is None:
+        return None
+    return HdrMetadata(display, light)
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe_video` learns about a video file without decoding more than one frame."""
 
@@ -118,6 +163,8 @@ class VideoInfo:
     streams: tuple[StreamInfo, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Container metadata (title, creation_time, ...)."""
+    hdr: HdrMetadata | None = None
+    """HDR10 static metadata of the first frame, None when it has none (SDR, HLG)."""
 
 
 # -- opening and probing --------------------------------------------------------------------------
@@ -411,8 +458,10 @@ def _probe(container: InputContainer, path: Path, *, decode_first: bool) -> Vide
     truncated = _detect_cut(container, path, streaming) or (fragments is not None and fragments.cut)
     ctx = video.codec_context
     rotation = 0
+    hdr = None
     if decode_first:
-        rotation = int(_first_frame(container, video, path, cut=truncated).rotation) % 360
+        first = _first_frame(container, video, path, cut=truncated)
+        rotation, hdr = int(first.rotation) % 360, _hdr_metadata(first)
     tb = video.time_base or Fraction(1, 90000)
     if video.duration is not None:
         duration: float | None = float(video.duration * tb)
@@ -438,6 +487,7 @@ def _probe(container: InputContainer, path: Path, *, decode_first: bool) -> Vide
         truncated=truncated,
         streams=_stream_infos(container),
         metadata=MappingProxyType(dict(container.metadata)),
+        hdr=hdr,
     )
 
 

@@ -20,7 +20,7 @@ from stream import __version__
 from stream.exceptions import EndOfStream, OutputError
 from stream.frames import Frame
 from stream.sinks import EncodeSettings, VideoFileSink, transcode
-from stream.sources import VideoFileSource
+from stream.sources import HdrMetadata, VideoFileSource, probe_video
 
 
 def _sha(path: Path) -> str:
@@ -150,14 +150,15 @@ def test_codec_follows_the_container_unless_named() -> None:
         EncodeSettings(codec="libvpx-vp9", preset="warp-speed").codec_options()
 
 
-def _deep_clip(path: Path, codec: str, pix_fmt: str, frames: int = 6) -> None:
-    """A clip of ``codec`` in ``pix_fmt`` tagged BT.2020 HLG, as a phone records HDR video."""
+def _deep_clip(path: Path, codec: str, pix_fmt: str, frames: int = 6, *, trc: int = 18, x265: str = "") -> None:
+    """A clip of ``codec`` in ``pix_fmt`` tagged BT.2020 and ``trc`` (HLG, as a phone records HDR video;
+    16 for HDR10's PQ), with ``x265`` added to libx265's parameters."""
     with av.open(str(path), "w") as container:
-        quiet = {"x265-params": "log-level=error"} if codec == "libx265" else {}
+        quiet = {"x265-params": "log-level=error" + x265} if codec == "libx265" else {}
         video = container.add_stream(codec, rate=30, options={"preset": "ultrafast", "crf": "12", **quiet})
         video.width, video.height, video.pix_fmt = 160, 120, pix_fmt
         ctx = video.codec_context
-        ctx.color_primaries, ctx.color_trc, ctx.colorspace = 9, 18, 9  # BT.2020, HLG (ARIB STD-B67), BT.2020 NCL
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace = 9, trc, 9  # BT.2020, HLG (ARIB STD-B67), BT.2020 NCL
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24").reformat(format=pix_fmt)
             frame.pts = i
@@ -185,6 +186,21 @@ async def test_video_deeper_than_8_bits_is_written_as_hevc_unless_it_was_h264(
         if expect == "hevc" and suffix != ".mkv":
             assert container.streams.video[0].codec_tag == "hvc1"  # what Apple's players need
     assert len(decoded_frames(out)) == 6
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+async def test_hdr10_mastering_display_and_light_levels_survive(tmp_path: Path, suffix: str) -> None:
+    # A P3 display of 1000 cd/m^2 down to 0.005, content up to 1000 cd/m^2 (frame average 400): HDR10 as graded.
+    display = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+    src, out = tmp_path / "pq.mp4", tmp_path / f"out{suffix}"
+    _deep_clip(src, "libx265", "yuv420p10le", trc=16, x265=f":master-display={display}:max-cll=1000,400")
+    assert probe_video(src).hdr == HdrMetadata(display, (1000, 400))
+    await _run(src, out, edit=_paint_every_third)
+    got = probe_video(out)
+    assert got.codec == "hevc" and got.hdr == HdrMetadata(display, (1000, 400))
+    hlg = tmp_path / "hlg.mp4"  # HLG needs none, and gets none
+    _deep_clip(hlg, "libx265", "yuv420p10le")
+    assert probe_video(hlg).hdr is None
 
 
 def test_crf_and_preset_are_checked_for_the_encoder() -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -210,7 +211,8 @@ class EncodeSettings:
             return self
         suffix = Path(path).suffix.lower()
         codec = _DEFAULT_CODECS.get(suffix, _DEFAULT_CODEC)
-        if suffix in _DEEP_DEFAULT_SUFFIXES and source_codec != "h264" and pix_fmt_bits(source_pix_fmt) > 8:
+        if (suffix in _DEEP_DEFAULT_SUFFIXES and source_codec != "h264" and pix_fmt_bits(source_pix_fmt) > 8
+                and source_pix_fmt in encoder_formats(_DEEP_DEFAULT_CODEC)):  # HEVC keeps those bits (not RGB48)
             codec = _DEEP_DEFAULT_CODEC
         return replace(self, codec=codec)
 
@@ -244,6 +246,15 @@ class EncodeSettings:
             opts["x265-params"] = "log-level=error"  # x265 writes its statistics straight to stderr
         opts.update({str(k): str(v) for k, v in self.options.items()})
         return opts
+
+
+@functools.cache
+def encoder_formats(name: str) -> frozenset[str]:
+    """The pixel formats FFmpeg's encoder ``name`` takes; empty when this build has no such encoder."""
+    try:
+        return frozenset(f.name for f in av.codec.Codec(name, "w").video_formats or ())
+    except (av.FFmpegError, ValueError):
+        return frozenset()
 
 
 def pix_fmt_bits(pix_fmt: str | None) -> int:

@@ -110,13 +110,12 @@ def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
     """The HDR10 static metadata a decoded frame carries as side data; None when it carries none."""
     display: str | None = None
     light: tuple[int, int] | None = None
-    for i in range(len(frame.side_data)):
-        try:
-            data = frame.side_data[i]
-            kind = data.type.name
-        except ValueError:  # a side data type this PyAV has no name for
-            continue
-        raw = bytes(data)
+    try:
+        side_data = list(frame.side_data)
+    except ValueError:  # PyAV names every type while it lists them, and fails on one it has no name for (EXIF)
+        return None
+    for data in side_data:
+        kind, raw = data.type.name, bytes(data)
         if kind == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:
             # AVMasteringDisplayMetadata: primaries R, G, B then the white point as (x, y) rationals, min and max
             # luminance as rationals, has_primaries, has_luminance.

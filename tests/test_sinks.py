@@ -142,6 +142,7 @@ def test_codec_follows_the_container_unless_named() -> None:
     assert EncodeSettings(codec="ffv1").for_output("x.webm").codec == "ffv1"
     assert EncodeSettings().for_output("x.mov", "prores", "yuv422p10le").codec == "libx265"
     assert EncodeSettings().for_output("x.avi", "hevc", "yuv420p10le").codec == "libx264"  # no HEVC in AVI
+    assert EncodeSettings().for_output("x.mp4", "png", "rgb48be").codec == "libx264"  # HEVC would not keep it either
     assert EncodeSettings(codec="libx264").for_output("x.mp4", "hevc", "yuv420p10le").codec == "libx264"
     vp9 = EncodeSettings(codec="libvpx-vp9").codec_options()  # x264's preset names, as libvpx speeds
     assert vp9 == {"crf": "17", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}

@@ -461,6 +461,10 @@ class VideoFileSink:
         if s.pix_fmt is None:
             pix_fmt = self._fit_odd_size(codec.name, pix_fmt, supported)
         options = s.codec_options()
+        if codec.name == "libsvtav1":
+            # SVT-AV1 prints its whole configuration to stderr unless told otherwise, and only through its
+            # environment (read when an encoder starts): errors only, unless the user set a level of their own.
+            os.environ.setdefault("SVT_LOG", "1")
         if codec.name == "libx265" and info.hdr is not None and "x265-params" not in s.options:
             # HDR10's mastering display and light levels, which TVs tone-map with, into the new bitstream's SEI.
             options["x265-params"] = ":".join([options["x265-params"], *info.hdr.x265_params()])

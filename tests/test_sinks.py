@@ -204,6 +204,17 @@ async def test_hdr10_mastering_display_and_light_levels_survive(tmp_path: Path, 
     assert probe_video(hlg).hdr is None
 
 
+async def test_svt_av1_keeps_its_configuration_off_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVT_LOG", "")
+    monkeypatch.delenv("SVT_LOG")  # as a user's shell has it; restored afterwards
+    clip = make_clip(tmp_path / "in.mp4", frames=4)
+    out = tmp_path / "out.webm"
+    await _run(clip.path, out, settings=EncodeSettings(codec="libsvtav1"))
+    assert len(decoded_frames(out)) == 4
+    assert "Svt[" not in capfd.readouterr().err
+
+
 def test_crf_and_preset_are_checked_for_the_encoder() -> None:
     with pytest.raises(OutputError, match=r"crf 99 is outside libx264's range 0\.\.51"):
         EncodeSettings(crf=99).codec_options()  # x264 itself would clamp it to 51 without a word

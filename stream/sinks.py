@@ -448,7 +448,7 @@ class VideoFileSink:
                               "or ffv1") from exc
         if codec.type != "video":
             raise OutputError(f"{name!r} is a {codec.type} encoder, not a video encoder")
-        supported = {f.name for f in codec.video_formats or ()}
+        supported = set(encoder_formats(codec.name))
         if s.pix_fmt is not None:
             pix_fmt = s.pix_fmt
         elif info.pix_fmt in supported or not supported:
@@ -510,11 +510,11 @@ class VideoFileSink:
         w, h = self.source.info.width, self.source.info.height
         if not (w % 2 or h % 2) or not _halves_chroma(pix_fmt, w, h) or _encoder_opens(codec, pix_fmt, w, h):
             return pix_fmt
-        depth = av.VideoFormat(pix_fmt).components[0].bits
+        depth = pix_fmt_bits(pix_fmt)
         candidates = sorted(
             name for name in supported
             if name.startswith("yuv") and len(av.VideoFormat(name).components) == 3  # Y, U, V: no alpha
-            and av.VideoFormat(name).components[0].bits == depth and not _halves_chroma(name, w, h))
+            and pix_fmt_bits(name) == depth and not _halves_chroma(name, w, h))
         # The same family (full/limited range, endianness) with 4:4:4 in place of 4:2:x first.
         sibling = pix_fmt.replace("420", "444").replace("422", "444").replace("440", "444")
         ordered = ([sibling] if sibling in candidates else []) + [c for c in candidates if c != sibling]

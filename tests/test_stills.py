@@ -61,7 +61,8 @@ def test_jpeg_marks_keep_the_pixels_and_jfif_first() -> None:
 
 @pytest.mark.parametrize("size", [(64, 48), (63, 47), (1, 1)])
 @pytest.mark.parametrize("quality", [95, 101])  # lossy (VP8) and lossless (VP8L) bitstreams
-def test_webp_marks_keep_the_pixels_in_the_extended_format(size: tuple[int, int], quality: int) -> None:
+def test_webp_marks_keep_the_pixels_in_the_extended_format(tmp_path: Path, size: tuple[int, int],
+                                                           quality: int) -> None:
     w, h = size
     image = np.ascontiguousarray(_image()[:h, :w])
     buf = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, quality])[1]
@@ -83,21 +84,12 @@ def test_webp_marks_keep_the_pixels_in_the_extended_format(size: tuple[int, int]
     with Image.open(io.BytesIO(plain)) as im:
         im.load()
         assert "icc_profile" not in im.info and "compositeSynthetic" in im.info["xmp"].decode()
-    assert photo_metadata_of(plain) == PhotoMetadata()
+    (tmp_path / "plain.webp").write_bytes(plain)
+    assert photo_metadata(tmp_path / "plain.webp") == PhotoMetadata()
     with pytest.raises(ValueError, match="not a WebP"):
         mark_webp(b"RIFF\0\0\0\0WAVE", TAGS, b"")
     with pytest.raises(ValueError, match="simple-format"):
         mark_webp(marked, TAGS, b"")
-
-
-def photo_metadata_of(data: bytes) -> PhotoMetadata:
-    """:func:`photo_metadata` of a file holding ``data``."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "photo"
-        path.write_bytes(data)
-        return photo_metadata(path)
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
